@@ -1,0 +1,332 @@
+"""Typed configuration of the edge agent: TOML file < environment < command line.
+
+Sources, highest priority first: CLI overrides (``--set section.key=value``), environment
+variables ``SLEEPSAFE_<KEY>`` / ``SLEEPSAFE_<SECTION>__<KEY>``, the TOML file
+(``/etc/sleepsafe/edge.toml`` or ``--config``).  Unknown keys are errors everywhere: a typo in
+a safety threshold must not be silently ignored.  Every threshold is in seconds, never frames.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/sleepsafe/edge.toml")
+EX_CONFIG = 78  # sysexits.h EX_CONFIG: systemd's RestartPreventExitStatus keys on it
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Section):
+    uri: str = Field(
+        "0",
+        description="Camera index ('0'), device ('/dev/video0'), video file, rtsp:// / http:// URL, "
+        "or a GStreamer pipeline ending in 'appsink' (Jetson CSI).",
+    )
+    width: int | None = Field(None, gt=0, description="Requested capture width (cameras only).")
+    height: int | None = Field(None, gt=0, description="Requested capture height (cameras only).")
+    fps: float | None = Field(None, gt=0, description="Requested capture rate (cameras only).")
+    realtime: bool = Field(
+        True, description="Pace a video file at its own frame rate, as a camera would deliver it."
+    )
+    on_eof: Literal["exit", "loop", "retry"] = Field(
+        "exit",
+        description="What `run` does when a video file ends: exit 0, loop it, or treat it as a lost "
+        "camera and retry. Cameras and streams always retry.",
+    )
+    frame_timeout_s: float = Field(
+        2.0, gt=0, description="No frame for this long while running sets CAMERA_LOST."
+    )
+    reconnect_initial_s: float = Field(0.5, gt=0, description="First retry delay after a source fails.")
+    reconnect_max_s: float = Field(10.0, gt=0, description="Retry delay ceiling (exponential backoff).")
+
+
+class LandmarkConfig(_Section):
+    type: Literal["mediapipe"] = Field("mediapipe", description="Landmark backend plugin.")
+    max_faces: int = Field(
+        3, ge=1, le=8, description="Faces searched per frame; the driver is the largest one."
+    )
+    min_detection_confidence: float = Field(0.5, ge=0, le=1, description="FaceMesh detection threshold.")
+    min_tracking_confidence: float = Field(0.5, ge=0, le=1, description="FaceMesh tracking threshold.")
+
+
+class DetectorConfig(_Section):
+    # Calibration of the open-eye EAR baseline.
+    prior_open_ear: float = Field(
+        0.28, gt=0.1, lt=0.6, description="Open-eye EAR used until this driver is calibrated."
+    )
+    min_open_ear: float = Field(
+        0.18, gt=0, lt=0.6, description="Calibration never learns a baseline below this (drowsy start)."
+    )
+    max_open_ear: float = Field(0.45, gt=0, lt=1, description="Calibration never learns above this.")
+    calibration_s: float = Field(
+        3.0, gt=0, description="Seconds of accepted open-eye samples that make a calibration."
+    )
+    calibration_accept_ratio: float = Field(
+        0.7,
+        gt=0,
+        lt=1.5,
+        description="A sample counts as 'open' only when EAR ≥ this × the current baseline, and the "
+        "head faces the road: closed or downcast eyes are never learned as open.",
+    )
+    calibration_quantile: float = Field(
+        0.8, gt=0.5, le=1, description="Quantile of the accepted EAR samples taken as the open-eye EAR."
+    )
+    recalibrate_after_absent_s: float = Field(
+        10.0, gt=0, description="A face absent this long may be a new driver: calibrate again."
+    )
+    # Eye-openness thresholds, as a share of the calibrated open-eye EAR.
+    blink_close_ratio: float = Field(
+        0.55, gt=0, lt=1, description="Openness below this starts a lid closure (blink candidate)."
+    )
+    blink_open_ratio: float = Field(
+        0.65, gt=0, lt=1, description="Openness above this ends a closure (hysteresis)."
+    )
+    closed_ratio: float = Field(
+        0.2, gt=0, lt=1, description="Openness at or below this is 'eyes ≥ 80 % shut' (PERCLOS P80)."
+    )
+    reopen_s: float = Field(
+        0.1,
+        ge=0,
+        description="Openness above `closed_ratio` this long ends a closure (a single noisy frame does not).",
+    )
+    blink_depth_ratio: float = Field(
+        0.4, gt=0, lt=1, description="A blink must reach an openness this low (squints and smiles don't)."
+    )
+    blink_min_s: float = Field(0.03, ge=0, description="Shorter dips are landmark noise, not blinks.")
+    blink_max_s: float = Field(0.5, gt=0, description="Longer closures are long blinks, not blinks.")
+    microsleep_s: float = Field(1.0, gt=0, description="Eyes shut this long: MICROSLEEP alert.")
+    sleep_s: float = Field(3.0, gt=0, description="Eyes shut this long: SLEEP alert (escalation).")
+    look_down_pitch_deg: float = Field(
+        12.0,
+        gt=0,
+        description="Head pitched down this far below neutral with irises still between the lids "
+        "reads as looking down, not shut: closure timers do not run.",
+    )
+    iris_visible_min: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description="Iris share between the lids above which low EAR is a squint/look-down, not shut.",
+    )
+    perclos_window_s: float = Field(60.0, gt=0, description="Rolling PERCLOS window.")
+    perclos_min_coverage_s: float = Field(
+        20.0, gt=0, description="PERCLOS is not judged before this much face time in the window."
+    )
+    perclos_drowsy: float = Field(0.15, gt=0, lt=1, description="PERCLOS at or above this: DROWSY.")
+    perclos_recover: float = Field(0.10, gt=0, lt=1, description="PERCLOS below this ends DROWSY.")
+    long_blinks_drowsy: int = Field(
+        3, ge=1, description="This many long blinks (blink_max_s..microsleep_s) in the window: DROWSY."
+    )
+    yawn_mar: float = Field(0.5, gt=0, description="Inner-mouth aspect ratio above this is a yawn candidate.")
+    yawn_min_s: float = Field(1.5, gt=0, description="Mouth open this long is a yawn (speech is shorter).")
+    yawns_drowsy: int = Field(3, ge=1, description="This many yawns in `yawn_window_s`: DROWSY.")
+    yawn_window_s: float = Field(300.0, gt=0, description="Window for counting yawns.")
+    nod_pitch_deg: float = Field(
+        15.0, gt=0, description="Pitch drop below neutral that, with a quick return, is a head nod."
+    )
+    nod_max_s: float = Field(1.5, gt=0, description="A longer head drop is not a nod.")
+    distracted_yaw_deg: float = Field(30.0, gt=0, description="Head yaw off neutral beyond this: off road.")
+    distracted_pitch_deg: float = Field(
+        20.0, gt=0, description="Head pitch off neutral beyond this: off road."
+    )
+    distracted_gaze: float = Field(
+        0.25, gt=0, description="Horizontal iris offset (eye widths) beyond this: gaze off road."
+    )
+    distracted_s: float = Field(3.0, gt=0, description="Off road this long: DISTRACTED.")
+    distraction_filter_s: float = Field(
+        0.25, gt=0, description="Time constant of the off-road filter (blinks never start a timer)."
+    )
+    no_face_s: float = Field(2.0, gt=0, description="No face this long: NO_FACE alert.")
+    face_gap_s: float = Field(
+        0.5, ge=0, description="A face lost for less than this keeps closure timers running."
+    )
+    cooldown_s: float = Field(
+        30.0,
+        ge=0,
+        description="After DROWSY/DISTRACTED/NO_FACE ends, the same alert is not re-raised for this "
+        "long. MICROSLEEP and SLEEP have no cooldown: they always alarm.",
+    )
+    hysteresis_s: float = Field(
+        1.0, ge=0, description="DROWSY/DISTRACTED/NO_FACE conditions must be false this long to end."
+    )
+    escalation_window_s: float = Field(
+        300.0, gt=0, description="A second MICROSLEEP within this long is raised as an emergency."
+    )
+    window_s: float = Field(2.0, ge=0, description="Per-frame features kept before each event (seconds).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DetectorConfig:
+        if self.blink_open_ratio < self.blink_close_ratio:
+            raise ValueError("blink_open_ratio must be ≥ blink_close_ratio (hysteresis)")
+        if self.sleep_s <= self.microsleep_s:
+            raise ValueError("sleep_s must be greater than microsleep_s")
+        if self.min_open_ear > self.max_open_ear:
+            raise ValueError("min_open_ear must be ≤ max_open_ear")
+        if self.perclos_recover > self.perclos_drowsy:
+            raise ValueError("perclos_recover must be ≤ perclos_drowsy")
+        return self
+
+
+class SoundConfig(_Section):
+    enabled: bool = Field(True, description="Play a tone through aplay/paplay when one is installed.")
+    player: Literal["auto", "aplay", "paplay"] = Field("auto", description="Audio player to use.")
+    frequency_hz: float = Field(2000.0, gt=20, lt=20000, description="Tone frequency.")
+    duration_s: float = Field(0.8, gt=0, le=10, description="Tone length.")
+    volume: float = Field(0.8, gt=0, le=1, description="Amplitude, 0-1.")
+    min_severity: Literal["info", "warning", "critical", "emergency"] = Field(
+        "warning", description="Quieter events are not sounded."
+    )
+
+
+class CommandConfig(_Section):
+    argv: list[str] = Field(
+        default_factory=list,
+        description="Hook run for each alert with the event JSON on stdin (empty: disabled).",
+    )
+    timeout_s: float = Field(5.0, gt=0, description="A hook running longer is killed.")
+    min_severity: Literal["info", "warning", "critical", "emergency"] = Field(
+        "warning", description="Quieter events do not run the hook."
+    )
+
+
+class GpioConfig(_Section):
+    chip: str | None = Field(None, description="GPIO chip, e.g. /dev/gpiochip0 (unset: disabled).")
+    line: int = Field(0, ge=0, description="Line offset on the chip (buzzer or lamp).")
+    active_low: bool = Field(False, description="Drive the line low to switch the output on.")
+    pulse_s: float = Field(1.0, gt=0, description="How long the line stays on per alert.")
+    min_severity: Literal["info", "warning", "critical", "emergency"] = Field(
+        "critical", description="Quieter events do not drive the line."
+    )
+
+
+class AlertsConfig(_Section):
+    log: bool = Field(True, description="Log every event as a structured log line.")
+    sound: SoundConfig = Field(default_factory=SoundConfig)  # type: ignore[arg-type]
+    command: CommandConfig = Field(default_factory=CommandConfig)  # type: ignore[arg-type]
+    gpio: GpioConfig = Field(default_factory=GpioConfig)  # type: ignore[arg-type]
+    queue_size: int = Field(
+        64, ge=1, description="Per-output queue; a stuck output drops its oldest alerts, never the frame."
+    )
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="'auto': JSON when stderr is not a terminal."
+    )
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY; fall back to the FHS place.
+    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/sleepsafe"))
+
+
+class EdgeConfig(BaseSettings):
+    """Everything the edge agent reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLEEPSAFE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    device_id: str = Field(
+        "edge-0",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Unique id of this vehicle unit (used in events and MQTT topics).",
+    )
+    state_dir: Path = Field(
+        default_factory=_default_state_dir, description="Events JSONL, alert tone, caches."
+    )
+    source: SourceConfig = Field(default_factory=SourceConfig)  # type: ignore[arg-type]
+    landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig)  # type: ignore[arg-type]
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)  # type: ignore[arg-type]
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # type: ignore[arg-type]
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
+    stats_interval_s: float = Field(10.0, gt=0, description="How often runtime stats are logged.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+class ConfigError(Exception):
+    """A configuration problem, as one line that names the field."""
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        value = e.get("input")
+        shown = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
+        parts.append(f"{loc}: {msg}{shown}")
+    return "; ".join(parts)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["detector.microsleep_s=1.2", "device_id=bus-7"]`` → nested dict (values stay strings:
+    pydantic converts them, so a bad one is reported against its field like any other)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. detector.microsleep_s=1.2")
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {p} is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
+    """Load and validate.  ``path`` None means the default file, used only if it exists;
+    an explicit path that is missing is an error.  Raises :class:`ConfigError`."""
+    toml: Path | None
+    if path is None:
+        toml = DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+    else:
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found")
+        toml = path
+
+    class _FromFile(EdgeConfig):
+        model_config = SettingsConfigDict(toml_file=toml)
+
+    try:
+        cfg = _FromFile(**(overrides or {}))
+    except ValidationError as err:
+        where = f"{toml}: " if toml else ""
+        raise ConfigError(f"{where}{_format_validation_error(err)}") from None
+    except (OSError, ValueError) as err:  # TOML syntax errors are ValueErrors
+        raise ConfigError(f"config file {toml}: {err}") from None
+    return cfg

@@ -1,0 +1,73 @@
+"""The per-frame path shared by the daemon, replay, eval and the benchmark:
+frame → landmarks → features → detector → events.  Synchronous and free of I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+
+from .config import EdgeConfig
+from .detector import Detector
+from .features import FrameFeatures, compute_features, no_face
+from .landmarks import Face, LandmarkBackend, create_backend, largest_face, to_rgb
+from .protocol import Event
+
+
+@dataclass(slots=True)
+class FrameResult:
+    features: FrameFeatures
+    events: list[Event]
+    face: Face | None = None
+    faces: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Owns one landmark backend and one detector: one driver camera."""
+
+    def __init__(
+        self,
+        cfg: EdgeConfig,
+        backend: LandmarkBackend | None = None,
+        start_wallclock: datetime | None = None,
+        full_landmarks: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.backend = backend or create_backend(cfg.landmarks, full=full_landmarks)
+        self.model_versions = {"landmarks": self.backend.version}
+        self.detector = Detector(
+            cfg.detector,
+            device_id=cfg.device_id,
+            start_wallclock=start_wallclock,
+            model_versions=self.model_versions,
+        )
+        self.frames = 0
+        self.frames_with_face = 0
+
+    def process(self, frame: npt.NDArray[np.uint8], t: float, index: int) -> FrameResult:
+        """Run one frame.  ``t`` is the source's timestamp in seconds.  Raises FrameError for
+        a frame that cannot be used (the caller counts and skips it)."""
+        rgb = to_rgb(frame)
+        faces = self.backend.detect(rgb, round(t * 1000))
+        driver = largest_face(faces)
+        self.frames += 1
+        if driver is None:
+            feats = no_face(t, index)
+        else:
+            self.frames_with_face += 1
+            h, w = rgb.shape[:2]
+            feats = compute_features(driver.points, w, h, t, index, faces=len(faces))
+        events = self.detector.update(feats)
+        return FrameResult(features=feats, events=events, face=driver, faces=len(faces))
+
+    def camera_lost(self, t: float, index: int) -> list[Event]:
+        return self.detector.camera_lost(t, index)
+
+    def finish(self) -> list[Event]:
+        return self.detector.finish()
+
+    def close(self) -> None:
+        self.backend.close()
