@@ -1,0 +1,314 @@
+"""Wiring: the live daemon (`run`) and the clip replay (`replay`).
+
+The daemon is a small I/O shell around :class:`~edge_agent.pipeline.Pipeline`: a capture
+thread feeds a frame thread, which runs the per-frame path and hands events to the alert
+outputs and the journal (both non-blocking).  The asyncio loop is the control plane only:
+signals, periodic stats, orderly shutdown.  Nothing on the frame path waits for the disk, the
+network or a speaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from .alerts import AlertDispatcher, build_outputs
+from .capture import CaptureThread, clip_fps, open_capture, parse_source, read_clip
+from .config import EdgeConfig
+from .eventlog import EventLog
+from .landmarks import FrameError
+from .pipeline import FrameResult, Pipeline
+from .preview import PreviewSink, annotate
+from .protocol import Event, EventType
+
+log = structlog.get_logger(__name__)
+
+
+def preview_lines(pipeline: Pipeline, res: FrameResult, fps: float | None = None) -> list[str]:
+    f = res.features
+    d = pipeline.detector
+    lines = [
+        f"EAR {f.ear:.3f} (L {f.ear_left:.3f} R {f.ear_right:.3f})  open {d.last_openness:.2f}",
+        f"baseline {d.cal.baseline:.3f}{'' if d.cal.done else ' (calibrating)'}  PERCLOS {d.perclos:.1%}",
+        f"yaw {f.yaw:+.0f}  pitch {f.pitch:+.0f}  roll {f.roll:+.0f}  MAR {f.mar:.2f}",
+        f"blinks {d.blink_count}  faces {res.faces}" + (f"  {fps:.1f} fps" if fps else ""),
+    ]
+    return lines if f.face else ["no face", lines[1]]
+
+
+@dataclass(slots=True)
+class LatencyWindow:
+    """The last N per-frame processing times, for p50/p99 in stats."""
+
+    size: int = 600
+    values: deque[float] = field(default_factory=deque)
+
+    def add(self, v: float) -> None:
+        self.values.append(v)
+        if len(self.values) > self.size:
+            self.values.popleft()
+
+    def quantile(self, q: float) -> float:
+        return float(np.quantile(np.fromiter(self.values, float), q)) if self.values else 0.0
+
+
+class Agent:
+    """The live daemon: one camera, one driver."""
+
+    def __init__(
+        self,
+        cfg: EdgeConfig,
+        preview: PreviewSink | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.preview = preview
+        self.on_event = on_event
+        self._stop = threading.Event()
+        self._recalibrate = threading.Event()
+        self.latency = LatencyWindow()
+        self.frames = 0
+        self.bad_frames = 0
+        self.fps = 0.0
+        self.capture: CaptureThread | None = None
+        self.pipeline: Pipeline | None = None
+        self.events: EventLog | None = None
+        self.alerts: AlertDispatcher | None = None
+        self.exit_reason = ""
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_recalibration(self) -> None:
+        self._recalibrate.set()
+
+    # ------------------------------------------------------------------ frame thread
+    def _dispatch(self, events: list[Event]) -> None:
+        for e in events:
+            if self.alerts is not None:
+                self.alerts.submit(e)
+            if self.events is not None:
+                self.events.append(e)
+            if self.on_event is not None:
+                self.on_event(e)
+
+    def _frame_loop(self) -> None:
+        assert self.capture is not None and self.pipeline is not None
+        cap, pipe = self.capture, self.pipeline
+        index = 0
+        last_frame_at = time.monotonic()
+        fps_t0, fps_n = time.monotonic(), 0
+        bad_logged = 0.0
+        while not self._stop.is_set():
+            item = cap.latest(timeout=0.1)
+            if self._recalibrate.is_set():
+                self._recalibrate.clear()
+                pipe.detector.recalibrate()
+                log.info("recalibration_requested")
+            if item is None:
+                if cap.ended:
+                    self.exit_reason = "source ended"
+                    break
+                if cap.lost or time.monotonic() - last_frame_at > self.cfg.source.frame_timeout_s:
+                    self._dispatch(pipe.camera_lost(cap.now(), index))
+                continue
+            last_frame_at = time.monotonic()
+            t0 = time.perf_counter()
+            try:
+                res = pipe.process(item.frame, item.t, index)
+            except FrameError as err:
+                self.bad_frames += 1
+                if time.monotonic() - bad_logged > 5.0:
+                    bad_logged = time.monotonic()
+                    log.warning("bad_frame", error=str(err), bad_frames=self.bad_frames)
+                continue
+            self.latency.add(time.perf_counter() - t0)
+            self._dispatch(res.events)
+            index += 1
+            self.frames += 1
+            fps_n += 1
+            now = time.monotonic()
+            if now - fps_t0 >= 1.0:
+                self.fps = fps_n / (now - fps_t0)
+                fps_t0, fps_n = now, 0
+            if self.preview is not None:
+                self.preview.show(annotate(item.frame, res.face, preview_lines(pipe, res, self.fps), pipe.detector.state))
+        self._dispatch(pipe.finish())
+
+    # ------------------------------------------------------------------ control plane
+    def stats(self) -> dict[str, Any]:
+        cap = self.capture
+        d = self.pipeline.detector.snapshot() if self.pipeline else {}
+        return {
+            **d,
+            "fps": round(self.fps, 2),
+            "frames": self.frames,
+            "captured": cap.captured if cap else 0,
+            "dropped_frames": cap.dropped if cap else 0,
+            "bad_frames": self.bad_frames,
+            "reconnects": cap.reconnects if cap else 0,
+            "camera_lost": cap.lost if cap else False,
+            "latency_p50_ms": round(self.latency.quantile(0.5) * 1000, 2),
+            "latency_p99_ms": round(self.latency.quantile(0.99) * 1000, 2),
+            "alerts": self.alerts.stats() if self.alerts else {},
+            "events_written": self.events.written if self.events else 0,
+        }
+
+    async def _stats_task(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.stats_interval_s)
+            log.info("stats", **self.stats())
+
+    async def run(self) -> int:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, self.request_recalibration)
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.events = EventLog(cfg.state_dir / "events.jsonl")
+        self.alerts = AlertDispatcher(build_outputs(cfg.alerts, cfg.state_dir), cfg.alerts.queue_size)
+        self.pipeline = Pipeline(cfg, full_landmarks=False)
+        self.capture = CaptureThread(cfg.source).start()
+        log.info(
+            "started",
+            device_id=cfg.device_id,
+            source=cfg.source.uri,
+            kind=self.capture.spec.kind,
+            landmarks=self.pipeline.backend.version,
+            outputs=self.alerts.names,
+            events=str(self.events.path),
+        )
+        stats = asyncio.create_task(self._stats_task())
+        try:
+            await asyncio.to_thread(self._frame_loop)
+        finally:
+            stats.cancel()
+            self.capture.stop()
+            self.alerts.close()
+            self.events.close()
+            self.pipeline.close()
+            if self.preview is not None:
+                self.preview.close()
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                loop.remove_signal_handler(sig)
+        log.info("stopped", reason=self.exit_reason or "signal", **self.stats())
+        return 0
+
+
+# ---------------------------------------------------------------------- replay
+
+
+def replay_record(e: Event) -> dict[str, Any]:
+    """The JSON line replay prints for a finished event (features omitted)."""
+    rec = e.model_dump(mode="json", exclude={"features", "model_versions"})
+    if e.type is EventType.BLINK:
+        rec.pop("raised_frame", None)
+        rec.pop("raised_ms", None)
+        rec.pop("raised_time", None)
+    return rec
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    events: list[Event]  # finished records: phase 'ended' or 'instant'
+    raised: list[Event]
+    face_flags: list[bool]
+    frames: int
+    frames_with_face: int
+    seconds: float
+    wall_s: float
+    fps_clip: float
+    summary: dict[str, Any]
+
+
+def replay_clip(
+    cfg: EdgeConfig,
+    path: Path,
+    on_finished: Callable[[Event], None] | None = None,
+    preview: PreviewSink | None = None,
+    transform: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]] | None = None,
+) -> ReplayResult:
+    """Run the full per-frame path on a clip as fast as possible, on the clip's own clock."""
+    with_full = preview is not None
+    pipe = Pipeline(cfg, full_landmarks=with_full)
+    finished: list[Event] = []
+    raised: list[Event] = []
+    face_flags: list[bool] = []
+    t_last = 0.0
+    wall0 = time.perf_counter()
+
+    def take(events: list[Event]) -> None:
+        for e in events:
+            if e.phase == "raised":
+                raised.append(e)
+            else:
+                finished.append(e)
+                if on_finished is not None:
+                    on_finished(e)
+
+    try:
+        frames: Iterator[tuple[int, float, Any]] = read_clip(path)
+        for index, t, frame in frames:
+            img = transform(frame) if transform is not None else frame
+            res = pipe.process(img, t, index)
+            face_flags.append(res.features.face)
+            t_last = t
+            take(res.events)
+            if preview is not None:
+                preview.show(annotate(img, res.face, preview_lines(pipe, res), pipe.detector.state))
+        take(pipe.finish())
+    finally:
+        pipe.close()
+        if preview is not None:
+            preview.close()
+    wall = time.perf_counter() - wall0
+    n = len(face_flags)
+    cap = open_capture(parse_source(str(path)))
+    fps_clip = clip_fps(cap)
+    cap.release()
+    summary = {
+        "type": "summary",
+        "clip": path.name,
+        "frames": n,
+        "frames_with_face": int(sum(face_flags)),
+        "seconds": round(t_last + (1.0 / fps_clip if n else 0.0), 3),
+        "blinks": pipe.detector.blink_count,
+        "blink_rate_per_min": round(pipe.detector.blink_rate(), 2),
+        "perclos": round(pipe.detector.perclos, 4),
+        "baseline_ear": round(pipe.detector.cal.baseline, 4),
+        "calibrated": pipe.detector.cal.done,
+        "alerts": {
+            t.value: sum(1 for e in raised if e.type is t)
+            for t in EventType
+            if t not in (EventType.BLINK,) and any(e.type is t for e in raised)
+        },
+        "fps": round(n / wall, 1) if wall > 0 else 0.0,
+        "clip_fps": round(fps_clip, 2),
+        "landmarks": pipe.backend.version,
+    }
+    return ReplayResult(
+        events=finished,
+        raised=raised,
+        face_flags=face_flags,
+        frames=n,
+        frames_with_face=int(sum(face_flags)),
+        seconds=t_last,
+        wall_s=wall,
+        fps_clip=fps_clip,
+        summary=summary,
+    )
+
+
+def default_preview_path(state_dir: Path, name: str) -> Path:
+    return state_dir / f"preview-{Path(name).stem}.mp4"

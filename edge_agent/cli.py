@@ -1,0 +1,197 @@
+"""`sleepsafe-edge`: run the daemon, replay or evaluate clips, check config, fetch clips.
+
+Exit codes follow sysexits.h so systemd can tell a bad config (78, never worth a restart)
+from a crash: 0 ok, 2 usage, 65 bad data, 66 missing input, 69 fetch failed, 78 config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import __version__
+from .config import EX_CONFIG, ConfigError, EdgeConfig, load_config, parse_overrides
+from .logs import configure_logging
+from .protocol import Event
+
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
+
+log = structlog.get_logger(__name__)
+
+
+def _die(code: int, message: str) -> int:
+    print(f"sleepsafe-edge: {message}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sleepsafe-edge", description="SleepSafe Edge driver-drowsiness agent.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--config", type=Path, help="TOML config file (default /etc/sleepsafe/edge.toml if present)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set detector.microsleep_s=1.2 (repeatable)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon on a camera, stream or file")
+    run.add_argument("--source", help="override source.uri (camera index, /dev/videoN, file, URL, pipeline)")
+    run.add_argument("--preview", action="store_true", help="show landmarks, EAR and state in a window")
+    run.add_argument("--preview-out", type=Path, help="write the annotated video to this MP4")
+
+    rp = sub.add_parser("replay", help="run the full agent on a clip as fast as possible")
+    rp.add_argument("file", type=Path)
+    rp.add_argument("--json", action="store_true", help="one JSON object a line, summary last")
+    rp.add_argument("--preview", action="store_true", help="show the annotated clip in a window")
+    rp.add_argument("--preview-out", type=Path, help="write the annotated clip to this MP4")
+
+    ev = sub.add_parser("eval", help="replay labelled clips and score blinks, closures, face presence")
+    ev.add_argument("--labels", type=Path, action="append", required=True, help="labels CSV (repeatable)")
+    ev.add_argument("--clips", type=Path, help="clip directory (default: the fetch-clips cache)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub.add_parser("check-config", help="validate the configuration and print it")
+
+    fc = sub.add_parser("fetch-clips", help="download the real labelled clips into the cache")
+    fc.add_argument("--dir", type=Path, help="target directory (default $SLEEPSAFE_CLIPS_DIR or the cache)")
+    fc.add_argument("--force", action="store_true", help="download again even if present")
+    return p
+
+
+def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> EdgeConfig:
+    overrides = parse_overrides(args.overrides)
+    if extra:
+        for section, values in extra.items():
+            overrides.setdefault(section, {}).update(values)
+    return load_config(args.config, overrides)
+
+
+def _print_event_human(e: Event) -> None:
+    when = f"{e.start_ms / 1000:7.2f}s"
+    if e.type.value == "blink":
+        print(f"{when}  frames {e.start_frame:>5}-{e.end_frame:<5} blink            {e.duration_ms} ms")
+        return
+    raised = f"raised at {e.raised_ms / 1000:.2f}s (frame {e.raised_frame})" if e.raised_ms is not None else ""
+    dur = f"lasted {e.duration_ms} ms" if e.duration_ms is not None else ""
+    print(f"{when}  frames {e.start_frame:>5}-{e.end_frame!s:<5} {e.type.value.upper():<16} "
+          f"{e.severity.value:<9} {raised}  {dur}")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .agent import replay_clip, replay_record
+    from .capture import SourceError
+    from .preview import PreviewSink
+
+    cfg = _load(args)
+    if not args.file.is_file():
+        return _die(EX_NOINPUT, f"replay: {args.file}: no such file")
+    preview = PreviewSink(args.preview, args.preview_out) if (args.preview or args.preview_out) else None
+
+    def emit(e: Event) -> None:
+        if args.json:
+            print(json.dumps(replay_record(e)), flush=True)
+        else:
+            _print_event_human(e)
+
+    if not args.json:
+        print(f"replaying {args.file} ...")
+    try:
+        res = replay_clip(cfg, args.file, on_finished=emit, preview=preview)
+    except SourceError as err:
+        return _die(EX_NOINPUT, f"replay: {err}")
+    if args.json:
+        print(json.dumps(res.summary))
+    else:
+        s = res.summary
+        print(
+            f"\nsummary: {s['frames']} frames ({s['seconds']} s at {s['clip_fps']} fps), "
+            f"{s['frames_with_face']} with a face; {s['blinks']} blinks; PERCLOS {s['perclos']:.1%}; "
+            f"alerts {s['alerts'] or 'none'}; open-eye EAR {s['baseline_ear']}"
+            f"{'' if s['calibrated'] else ' (prior: not yet calibrated)'}; processed at {s['fps']} fps"
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .clips import clips_dir
+    from .evaluate import evaluate, format_table
+
+    cfg = _load(args)
+    directory = args.clips or clips_dir()
+    if not directory.is_dir():
+        return _die(EX_NOINPUT, f"eval: clip directory {directory} not found (run: sleepsafe-edge fetch-clips)")
+    report = evaluate(cfg, args.labels, directory)
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0 if report["clips"] else EX_DATAERR
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .agent import Agent
+    from .preview import PreviewSink
+
+    extra = {"source": {"uri": args.source}} if args.source else None
+    cfg = _load(args, extra)
+    preview = PreviewSink(args.preview, args.preview_out) if (args.preview or args.preview_out) else None
+    agent = Agent(cfg, preview=preview)
+    try:
+        return asyncio.run(agent.run())
+    except PermissionError as err:
+        return _die(EX_CONFIG, f"run: {err.filename}: permission denied (state_dir {cfg.state_dir})")
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    print("config OK", file=sys.stderr)
+    return 0
+
+
+def cmd_fetch_clips(args: argparse.Namespace) -> int:
+    from .clips import FetchError, fetch_clips
+
+    try:
+        path = fetch_clips(args.dir, force=args.force)
+    except FetchError as err:
+        return _die(EX_UNAVAILABLE, f"fetch-clips: {err}")
+    print(path)
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "replay": cmd_replay,
+    "eval": cmd_eval,
+    "check-config": cmd_check_config,
+    "fetch-clips": cmd_fetch_clips,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Logging before the config is read uses defaults; the config may then refine it.
+    configure_logging()
+    try:
+        if args.command in ("run", "replay", "eval", "check-config"):
+            cfg = _load(args, {"source": {"uri": args.source}} if getattr(args, "source", None) else None)
+            configure_logging(cfg.logging.level, cfg.logging.format)
+        return COMMANDS[args.command](args)
+    except ConfigError as err:
+        return _die(EX_CONFIG, f"config error: {err}")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

