@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--labels", type=Path, action="append", required=True, help="labels CSV (repeatable)")
     ev.add_argument("--clips", type=Path, help="clip directory (default: the fetch-clips cache)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--degrade",
+        default="",
+        help="comma-separated frame degradations applied before the agent: gray, 320x180, roll15",
+    )
 
     sub.add_parser("check-config", help="validate the configuration and print it")
 
@@ -91,12 +96,16 @@ def _print_event_human(e: Event) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from .agent import replay_clip, replay_record
-    from .capture import SourceError
+    from .capture import SourceError, open_capture, parse_source
     from .preview import PreviewSink
 
     cfg = _load(args)
     if not args.file.is_file():
         return _die(EX_NOINPUT, f"replay: {args.file}: no such file")
+    try:  # fail on an unreadable file before loading the landmark model
+        open_capture(parse_source(str(args.file))).release()
+    except SourceError as err:
+        return _die(EX_NOINPUT, f"replay: {err}")
     preview = PreviewSink(args.preview, args.preview_out) if (args.preview or args.preview_out) else None
 
     def emit(e: Event) -> None:
@@ -132,7 +141,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     directory = args.clips or clips_dir()
     if not directory.is_dir():
         return _die(EX_NOINPUT, f"eval: clip directory {directory} not found (run: sleepsafe-edge fetch-clips)")
-    report = evaluate(cfg, args.labels, directory)
+    names = [n.strip() for n in args.degrade.split(",") if n.strip()]
+    try:
+        report = evaluate(cfg, args.labels, directory, degrade=names)
+    except ValueError as err:
+        return _die(2, f"eval: {err}")
     print(json.dumps(report) if args.json else format_table(report))
     return 0 if report["clips"] else EX_DATAERR
 

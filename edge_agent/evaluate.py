@@ -11,13 +11,55 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
 from .agent import replay_clip
 from .config import EdgeConfig
 from .protocol import Event, EventType
+
+Image = np.ndarray[Any, Any]
+
+
+def _gray(img: Image) -> Image:
+    return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img
+
+
+def _small(img: Image) -> Image:
+    return cv2.resize(img, (320, 180), interpolation=cv2.INTER_AREA)
+
+
+def _roll15(img: Image) -> Image:
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), 15.0, 1.0)
+    return cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
+
+
+# Degraded views of the real clips: an IR camera (no colour), a cheap low-resolution camera,
+# a driver leaning the head.  Applied to every frame before the agent sees it.
+DEGRADATIONS: dict[str, Callable[[Image], Image]] = {"gray": _gray, "320x180": _small, "roll15": _roll15}
+
+
+def compose(names: list[str]) -> Callable[[Image], Image] | None:
+    unknown = [n for n in names if n not in DEGRADATIONS]
+    if unknown:
+        raise ValueError(f"unknown degradation {', '.join(unknown)}; known: {', '.join(DEGRADATIONS)}")
+    if not names:
+        return None
+    fns = [DEGRADATIONS[n] for n in names]
+
+    def apply(img: Image) -> Image:
+        for fn in fns:
+            img = fn(img)
+        return img
+
+    return apply
+
 
 KNOWN_LABELS = ("face", "no_face", "blink", "closed", "look_down", "squint_smile")
 BLINK_TOLERANCE_FRAMES = 2
@@ -182,7 +224,10 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     return {"precision": round(p, 3), "recall": round(r, 3), "f1": round(f1, 3)}
 
 
-def evaluate(cfg: EdgeConfig, label_files: list[Path], clips_dir: Path) -> dict[str, Any]:
+def evaluate(
+    cfg: EdgeConfig, label_files: list[Path], clips_dir: Path, degrade: list[str] | None = None
+) -> dict[str, Any]:
+    transform = compose(degrade or [])
     labels, problems = read_labels(label_files)
     by_clip: dict[str, list[Label]] = defaultdict(list)
     for lab in labels:
@@ -194,7 +239,7 @@ def evaluate(cfg: EdgeConfig, label_files: list[Path], clips_dir: Path) -> dict[
             problems.append(f"{name}: clip not found in {clips_dir}; its {len(by_clip[name])} labels not scored")
             continue
         try:
-            res = replay_clip(cfg, path)
+            res = replay_clip(cfg, path, transform=transform)
         except Exception as err:  # noqa: BLE001 - one broken clip must not hide the others' scores
             problems.append(f"{name}: replay failed: {type(err).__name__}: {err}")
             continue
@@ -247,6 +292,7 @@ def evaluate(cfg: EdgeConfig, label_files: list[Path], clips_dir: Path) -> dict[
         },
         "face_accuracy": round(correct / scored, 4) if scored else None,
         "face_frames_scored": scored,
+        "degrade": degrade or [],
         "problems": problems,
     }
 
