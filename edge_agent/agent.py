@@ -70,10 +70,12 @@ class Agent:
         cfg: EdgeConfig,
         preview: PreviewSink | None = None,
         on_event: Callable[[Event], None] | None = None,
+        install_signals: bool = True,
     ) -> None:
         self.cfg = cfg
         self.preview = preview
         self.on_event = on_event
+        self.install_signals = install_signals
         self._stop = threading.Event()
         self._recalibrate = threading.Event()
         self.latency = LatencyWindow()
@@ -172,9 +174,10 @@ class Agent:
     async def run(self) -> int:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGUSR1, self.request_recalibration)
+        if self.install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGUSR1, self.request_recalibration)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.events = EventLog(cfg.state_dir / "events.jsonl")
         self.alerts = AlertDispatcher(build_outputs(cfg.alerts, cfg.state_dir), cfg.alerts.queue_size)
@@ -200,8 +203,9 @@ class Agent:
             self.pipeline.close()
             if self.preview is not None:
                 self.preview.close()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-                loop.remove_signal_handler(sig)
+            if self.install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                    loop.remove_signal_handler(sig)
         log.info("stopped", reason=self.exit_reason or "signal", **self.stats())
         return 0
 
