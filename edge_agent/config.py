@@ -8,6 +8,7 @@ a safety threshold must not be silently ignored.  Every threshold is in seconds,
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -290,8 +291,9 @@ def _format_validation_error(err: ValidationError) -> str:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["detector.microsleep_s=1.2", "device_id=bus-7"]`` → nested dict (values stay strings:
-    pydantic converts them, so a bad one is reported against its field like any other)."""
+    """``["detector.microsleep_s=1.2", "device_id=bus-7"]`` → nested dict.  Values stay strings
+    (pydantic converts them, so a bad one is reported against its field like any other), except
+    JSON lists, e.g. ``alerts.command.argv=["/usr/bin/notify", "--loud"]``."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -304,6 +306,13 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             if not isinstance(nxt, dict):
                 raise ConfigError(f"override {item!r}: {p} is a value, not a section")
             node = nxt
+        value = value.strip()
+        if value.startswith("["):
+            try:
+                node[parts[-1]] = json.loads(value)
+                continue
+            except ValueError:
+                raise ConfigError(f"override {item!r}: the list is not valid JSON") from None
         node[parts[-1]] = value
     return out
 

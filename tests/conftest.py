@@ -62,3 +62,11 @@ def make_cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., E
         return load_config(None, base)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_stderr() -> None:
+    """The daemon's own logging set-up: JSON lines on stderr."""
+    from edge_agent.logs import configure_logging
+
+    configure_logging("debug", "json")
