@@ -144,7 +144,9 @@ class Agent:
                 self.fps = fps_n / (now - fps_t0)
                 fps_t0, fps_n = now, 0
             if self.preview is not None:
-                self.preview.show(annotate(item.frame, res.face, preview_lines(pipe, res, self.fps), pipe.detector.state))
+                self.preview.show(
+                    annotate(item.frame, res.face, preview_lines(pipe, res, self.fps), pipe.detector.state)
+                )
         self._dispatch(pipe.finish())
 
     # ------------------------------------------------------------------ control plane

@@ -7,6 +7,7 @@ queue fills, its oldest alerts are dropped and counted, and the other outputs go
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -55,7 +56,11 @@ class LogOutput:
         return True
 
     def emit(self, event: Event) -> None:
-        fn = log.warning if event.severity.rank >= Severity.WARNING.rank and event.phase == "raised" else log.info
+        fn = (
+            log.warning
+            if event.severity.rank >= Severity.WARNING.rank and event.phase == "raised"
+            else log.info
+        )
         fn(
             "alert" if event.phase == "raised" else "event",
             type=event.type.value,
@@ -106,7 +111,9 @@ class SoundOutput:
         self.wav_path = state_dir / "alert-tone.wav"
         self.player = self._find_player()
         if self.player is None:
-            log.warning("sound_unavailable", reason="neither aplay nor paplay is installed; audible alarm off")
+            log.warning(
+                "sound_unavailable", reason="neither aplay nor paplay is installed; audible alarm off"
+            )
         self.wav_path.parent.mkdir(parents=True, exist_ok=True)
         self.wav_path.write_bytes(tone_wav(cfg.frequency_hz, cfg.duration_s, cfg.volume))
 
@@ -123,7 +130,11 @@ class SoundOutput:
 
     def emit(self, event: Event) -> None:
         assert self.player is not None
-        args = [self.player, str(self.wav_path)] if self.player.endswith("paplay") else [self.player, "-q", str(self.wav_path)]
+        args = (
+            [self.player, str(self.wav_path)]
+            if self.player.endswith("paplay")
+            else [self.player, "-q", str(self.wav_path)]
+        )
         subprocess.run(args, check=True, timeout=self.cfg.duration_s + 5.0, capture_output=True)
 
     def close(self) -> None:
@@ -173,8 +184,10 @@ class GpioOutput:
         try:
             import gpiod
         except ImportError as err:
-            raise RuntimeError("GPIO output configured but the 'gpiod' package is not installed "
-                               "(pip install 'sleepsafe[gpio]')") from err
+            raise RuntimeError(
+                "GPIO output configured but the 'gpiod' package is not installed "
+                "(pip install 'sleepsafe[gpio]')"
+            ) from err
         self.cfg = cfg
         self._gpiod: Any = gpiod
         settings = gpiod.LineSettings(
@@ -241,14 +254,16 @@ class _Worker:
                 self.stats.sent += 1
             except Exception as err:  # noqa: BLE001 - an output failure must never stop alerting
                 self.stats.failed += 1
-                log.error("alert_output_failed", output=self.output.name, type=event.type.value,
-                          error=f"{type(err).__name__}: {err}")
+                log.error(
+                    "alert_output_failed",
+                    output=self.output.name,
+                    type=event.type.value,
+                    error=f"{type(err).__name__}: {err}",
+                )
 
     def close(self, timeout: float) -> None:
-        try:
+        with contextlib.suppress(queue.Full):
             self._q.put(None, timeout=timeout)
-        except queue.Full:
-            pass
         self._thread.join(timeout=timeout)
         try:
             self.output.close()
@@ -272,8 +287,10 @@ class AlertDispatcher:
                 w.submit(event)
 
     def stats(self) -> dict[str, dict[str, int]]:
-        return {w.output.name: {"sent": w.stats.sent, "failed": w.stats.failed, "dropped": w.stats.dropped}
-                for w in self._workers}
+        return {
+            w.output.name: {"sent": w.stats.sent, "failed": w.stats.failed, "dropped": w.stats.dropped}
+            for w in self._workers
+        }
 
     def close(self, timeout: float = 5.0) -> None:
         for w in self._workers:

@@ -35,7 +35,9 @@ def _die(code: int, message: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sleepsafe-edge", description="SleepSafe Edge driver-drowsiness agent.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--config", type=Path, help="TOML config file (default /etc/sleepsafe/edge.toml if present)")
+    p.add_argument(
+        "--config", type=Path, help="TOML config file (default /etc/sleepsafe/edge.toml if present)"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -88,10 +90,14 @@ def _print_event_human(e: Event) -> None:
     if e.type.value == "blink":
         print(f"{when}  frames {e.start_frame:>5}-{e.end_frame:<5} blink            {e.duration_ms} ms")
         return
-    raised = f"raised at {e.raised_ms / 1000:.2f}s (frame {e.raised_frame})" if e.raised_ms is not None else ""
+    raised = (
+        f"raised at {e.raised_ms / 1000:.2f}s (frame {e.raised_frame})" if e.raised_ms is not None else ""
+    )
     dur = f"lasted {e.duration_ms} ms" if e.duration_ms is not None else ""
-    print(f"{when}  frames {e.start_frame:>5}-{e.end_frame!s:<5} {e.type.value.upper():<16} "
-          f"{e.severity.value:<9} {raised}  {dur}")
+    print(
+        f"{when}  frames {e.start_frame:>5}-{e.end_frame!s:<5} {e.type.value.upper():<16} "
+        f"{e.severity.value:<9} {raised}  {dur}"
+    )
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -140,7 +146,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = _load(args)
     directory = args.clips or clips_dir()
     if not directory.is_dir():
-        return _die(EX_NOINPUT, f"eval: clip directory {directory} not found (run: sleepsafe-edge fetch-clips)")
+        return _die(
+            EX_NOINPUT, f"eval: clip directory {directory} not found (run: sleepsafe-edge fetch-clips)"
+        )
     names = [n.strip() for n in args.degrade.split(",") if n.strip()]
     try:
         report = evaluate(cfg, args.labels, directory, degrade=names)

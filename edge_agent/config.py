@@ -285,7 +285,11 @@ def _format_validation_error(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         value = e.get("input")
-        shown = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
+        shown = (
+            ""
+            if e["type"] in ("extra_forbidden", "missing") or isinstance(value, dict)
+            else f" (got {value!r})"
+        )
         parts.append(f"{loc}: {msg}{shown}")
     return "; ".join(parts)
 

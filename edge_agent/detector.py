@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -144,9 +143,7 @@ class Detector:
 
     @property
     def is_drowsy(self) -> bool:
-        return any(
-            t in self._active for t in (EventType.DROWSY, EventType.MICROSLEEP, EventType.SLEEP)
-        )
+        return any(t in self._active for t in (EventType.DROWSY, EventType.MICROSLEEP, EventType.SLEEP))
 
     def blink_rate(self) -> float:
         """Blinks per minute over the PERCLOS window (or the time seen so far)."""
@@ -257,9 +254,9 @@ class Detector:
     # ----------------------------------------------------------------- calibration
     def _calibrate(self, f: FrameFeatures, dt: float) -> None:
         c, cfg = self.cal, self.cfg
-        facing = abs(f.yaw - c.neutral_yaw) < cfg.distracted_yaw_deg and abs(
-            f.pitch - c.neutral_pitch
-        ) < (cfg.distracted_pitch_deg if c.done else 35.0)
+        facing = abs(f.yaw - c.neutral_yaw) < cfg.distracted_yaw_deg and abs(f.pitch - c.neutral_pitch) < (
+            cfg.distracted_pitch_deg if c.done else 35.0
+        )
         if not facing or f.ear < cfg.calibration_accept_ratio * c.baseline:
             return
         if not c.done:
@@ -479,7 +476,9 @@ class Detector:
         return out
 
     # ----------------------------------------------------------------- state machine
-    def _raise_with_cooldown(self, t: EventType, f: FrameFeatures, start_t: float, start_frame: int) -> Event | None:
+    def _raise_with_cooldown(
+        self, t: EventType, f: FrameFeatures, start_t: float, start_frame: int
+    ) -> Event | None:
         if f.t < self._cooldown_until.get(t, -math.inf):
             return None
         return self._raise(t, f, start_t, start_frame)

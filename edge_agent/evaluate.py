@@ -27,17 +27,20 @@ Image = np.ndarray[Any, Any]
 
 
 def _gray(img: Image) -> Image:
-    return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img
+    out: Image = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img
+    return out
 
 
 def _small(img: Image) -> Image:
-    return cv2.resize(img, (320, 180), interpolation=cv2.INTER_AREA)
+    out: Image = cv2.resize(img, (320, 180), interpolation=cv2.INTER_AREA)
+    return out
 
 
 def _roll15(img: Image) -> Image:
     h, w = img.shape[:2]
     m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), 15.0, 1.0)
-    return cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
+    out: Image = cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
+    return out
 
 
 # Degraded views of the real clips: an IR camera (no colour), a cheap low-resolution camera,
@@ -122,7 +125,9 @@ def read_labels(paths: list[Path]) -> tuple[list[Label], list[str]]:
                         problems.append(f"{where}: bad frame range {start}-{end}; skipped")
                         continue
                     labels.append(
-                        Label(row["clip"].strip(), start, end, label, (row.get("note") or "").strip(), path.name)
+                        Label(
+                            row["clip"].strip(), start, end, label, (row.get("note") or "").strip(), path.name
+                        )
                     )
         except OSError as err:
             problems.append(f"{path}: {err.strerror or err}")
@@ -153,7 +158,9 @@ def score_clip(
                 i
                 for i, e in enumerate(blinks)
                 if i not in used
-                and _overlaps(lab.start, lab.end, e.start_frame, e.end_frame or e.start_frame, BLINK_TOLERANCE_FRAMES)
+                and _overlaps(
+                    lab.start, lab.end, e.start_frame, e.end_frame or e.start_frame, BLINK_TOLERANCE_FRAMES
+                )
             ),
             None,
         )
@@ -236,7 +243,9 @@ def evaluate(
     for name in sorted(by_clip):
         path = clips_dir / name
         if not path.is_file():
-            problems.append(f"{name}: clip not found in {clips_dir}; its {len(by_clip[name])} labels not scored")
+            problems.append(
+                f"{name}: clip not found in {clips_dir}; its {len(by_clip[name])} labels not scored"
+            )
             continue
         try:
             res = replay_clip(cfg, path, transform=transform)
@@ -260,7 +269,12 @@ def evaluate(
                 "clip": c.clip,
                 "frames": c.frames,
                 "fps": c.fps,
-                "blinks": {"tp": c.blink_tp, "fp": c.blink_fp, "fn": c.blink_fn, **_prf(c.blink_tp, c.blink_fp, c.blink_fn)},
+                "blinks": {
+                    "tp": c.blink_tp,
+                    "fp": c.blink_fp,
+                    "fn": c.blink_fn,
+                    **_prf(c.blink_tp, c.blink_fp, c.blink_fn),
+                },
                 "closure_alarms": {
                     "inside_closed": c.alarms_in_closed,
                     "outside_closed": c.alarms_outside,
@@ -271,7 +285,9 @@ def evaluate(
                 "closed_ranges": c.closed_ranges,
                 "closed_ranges_alarmed": c.closed_alarmed,
                 "latency_ms": c.latencies_ms,
-                "face_accuracy": round(c.face_frames_correct / c.face_frames_scored, 4) if c.face_frames_scored else None,
+                "face_accuracy": round(c.face_frames_correct / c.face_frames_scored, 4)
+                if c.face_frames_scored
+                else None,
             }
             for c in clips
         ],
@@ -298,7 +314,10 @@ def evaluate(
 
 
 def format_table(report: dict[str, Any]) -> str:
-    rows = ["clip                         frames  blinks tp/fp/fn  closure alarms in/out  latency ms   face acc   fps"]
+    rows = [
+        "clip                         frames  blinks tp/fp/fn  closure alarms in/out  "
+        "latency ms   face acc   fps"
+    ]
     for c in report["clips"]:
         b = c["blinks"]
         a = c["closure_alarms"]
@@ -311,7 +330,10 @@ def format_table(report: dict[str, Any]) -> str:
     b = report["blinks"]
     a = report["closure_alarms"]
     rows.append("")
-    rows.append(f"blinks: precision {b['precision']:.3f}  recall {b['recall']:.3f}  F1 {b['f1']:.3f}  (tp {b['tp']}, fp {b['fp']}, fn {b['fn']})")
+    rows.append(
+        f"blinks: precision {b['precision']:.3f}  recall {b['recall']:.3f}  F1 {b['f1']:.3f}  "
+        f"(tp {b['tp']}, fp {b['fp']}, fn {b['fn']})"
+    )
     rows.append(
         f"closure alarms: {a['inside_closed']} inside closed ranges, {a['outside_closed']} outside "
         f"({a['in_look_down']} in look_down, {a['in_squint_smile']} in squint_smile)"
@@ -322,7 +344,11 @@ def format_table(report: dict[str, Any]) -> str:
         f"  latency ms: {lat['values'] or '-'}"
     )
     fa = report["face_accuracy"]
-    rows.append(f"face presence accuracy: {fa:.4f} over {report['face_frames_scored']} frames" if fa is not None else "face presence: no labelled frames")
+    rows.append(
+        f"face presence accuracy: {fa:.4f} over {report['face_frames_scored']} frames"
+        if fa is not None
+        else "face presence: no labelled frames"
+    )
     if report["problems"]:
         rows.append("problems:")
         rows.extend(f"  - {p}" for p in report["problems"])

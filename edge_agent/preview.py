@@ -66,7 +66,7 @@ class PreviewSink:
             if self._writer is None:
                 self.out.parent.mkdir(parents=True, exist_ok=True)
                 h, w = img.shape[:2]
-                fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                fourcc = cv2.VideoWriter.fourcc(*"mp4v")
                 self._writer = cv2.VideoWriter(str(self.out), fourcc, self.fps, (w, h))
                 if not self._writer.isOpened():
                     raise OSError(f"cannot write preview video {self.out}")

@@ -101,7 +101,7 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[1] = 1
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Same for raised/ended records.")
     device_id: str
     type: EventType

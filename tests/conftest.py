@@ -49,11 +49,18 @@ def our_labels() -> Path:
 def make_cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., EdgeConfig]:
     """A config with the state dir in tmp and no sound, plus any overrides."""
     for key in list(os.environ):
-        if key.startswith("SLEEPSAFE_") and key not in ("SLEEPSAFE_CLIPS_DIR", "SLEEPSAFE_REQUIRE_DATA", "SLEEPSAFE_SHARED_DIR"):
+        if key.startswith("SLEEPSAFE_") and key not in (
+            "SLEEPSAFE_CLIPS_DIR",
+            "SLEEPSAFE_REQUIRE_DATA",
+            "SLEEPSAFE_SHARED_DIR",
+        ):
             monkeypatch.delenv(key)
 
     def make(**overrides: Any) -> EdgeConfig:
-        base: dict[str, Any] = {"state_dir": str(tmp_path / "state"), "alerts": {"sound": {"enabled": "false"}}}
+        base: dict[str, Any] = {
+            "state_dir": str(tmp_path / "state"),
+            "alerts": {"sound": {"enabled": "false"}},
+        }
         for k, v in overrides.items():
             if isinstance(v, dict) and isinstance(base.get(k), dict):
                 base[k] = {**base[k], **v}

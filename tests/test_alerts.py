@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import io
 import json
-import os
 import stat
 import sys
 import wave
@@ -22,7 +21,9 @@ from edge_agent.eventlog import EventLog
 from edge_agent.protocol import DriverState, Event, EventType, Severity
 
 
-def event(type_: EventType = EventType.MICROSLEEP, severity: Severity = Severity.CRITICAL, phase: str = "raised") -> Event:
+def event(
+    type_: EventType = EventType.MICROSLEEP, severity: Severity = Severity.CRITICAL, phase: str = "raised"
+) -> Event:
     now = datetime.now(timezone.utc)
     return Event(
         device_id="bus-7",
@@ -60,12 +61,16 @@ def _executable(path: Path, body: str) -> Path:
     return path
 
 
-def test_sound_output_plays_through_the_player_found_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sound_output_plays_through_the_player_found_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A stand-in `aplay` on PATH records its arguments: the real process call is exercised."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     log = tmp_path / "played.txt"
-    _executable(bindir / "aplay", f"import sys\nopen({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n")
+    _executable(
+        bindir / "aplay", f"import sys\nopen({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+    )
     monkeypatch.setenv("PATH", str(bindir))
     out = SoundOutput(SoundConfig(player="auto"), tmp_path / "state")
     assert out.player == str(bindir / "aplay")
@@ -74,7 +79,9 @@ def test_sound_output_plays_through_the_player_found_on_path(tmp_path: Path, mon
     assert log.read_text().split() == ["-q", str(tmp_path / "state" / "alert-tone.wav")]
 
 
-def test_sound_output_says_so_when_no_player_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sound_output_says_so_when_no_player_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     out = SoundOutput(SoundConfig(), tmp_path / "state")
     assert out.player is None and not out.wants(event())
@@ -85,7 +92,8 @@ def test_command_hook_gets_the_event_json(tmp_path: Path) -> None:
     got = tmp_path / "got.json"
     hook = _executable(
         tmp_path / "hook",
-        f"import os, sys\nopen({str(got)!r}, 'w').write(os.environ['SLEEPSAFE_EVENT_TYPE'] + '\\n' + sys.stdin.read())\n",
+        "import os, sys\n"
+        f"open({str(got)!r}, 'w').write(os.environ['SLEEPSAFE_EVENT_TYPE'] + '\\n' + sys.stdin.read())\n",
     )
     d = AlertDispatcher([CommandOutput(CommandConfig(argv=[str(hook)]))])
     d.submit(event())
@@ -123,7 +131,9 @@ def test_a_stuck_output_never_blocks_submit(tmp_path: Path) -> None:
     assert d.stats()["command"]["sent"] == 500 - d.stats()["command"]["dropped"]
 
 
-def test_gpio_configured_but_unavailable_is_reported_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_gpio_configured_but_unavailable_is_reported_and_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = AlertsConfig(sound=SoundConfig(enabled=False), gpio=GpioConfig(chip="/dev/gpiochip99", line=3))
     outputs = build_outputs(cfg, tmp_path)
     assert [o.name for o in outputs] == ["log"]

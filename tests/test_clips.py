@@ -42,7 +42,9 @@ def labels(shared_labels: Path, our_labels: Path) -> list[Path]:
     return [shared_labels, our_labels]
 
 
-def test_eval_on_the_labelled_clips(make_cfg: Callable[..., EdgeConfig], clips: Path, labels: list[Path]) -> None:
+def test_eval_on_the_labelled_clips(
+    make_cfg: Callable[..., EdgeConfig], clips: Path, labels: list[Path]
+) -> None:
     report = evaluate(make_cfg(), labels, clips)
     check_floors(report)
     by_clip = {c["clip"]: c for c in report["clips"]}
@@ -91,7 +93,9 @@ def test_eval_reports_what_it_cannot_use(
     assert report["blinks"]["tp"] == 1
 
 
-def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "edge_agent.cli", *args],
         capture_output=True,
@@ -103,7 +107,9 @@ def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) ->
 
 
 def test_replay_json_lines(clips: Path, tmp_path: Path) -> None:
-    proc = _cli("--set", f"state_dir={tmp_path}", "replay", str(clips / "WolfgangLanger_Pexels.mp4"), "--json")
+    proc = _cli(
+        "--set", f"state_dir={tmp_path}", "replay", str(clips / "WolfgangLanger_Pexels.mp4"), "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     summary = lines[-1]
@@ -133,7 +139,9 @@ def test_replay_human_output_and_missing_file(clips: Path, tmp_path: Path) -> No
     assert "blink" in proc.stdout and "summary: 72 frames" in proc.stdout
     missing = _cli("replay", str(tmp_path / "nope.mp4"))
     assert missing.returncode == 66
-    assert missing.stderr.strip().splitlines() == [f"sleepsafe-edge: replay: {tmp_path / 'nope.mp4'}: no such file"]
+    assert missing.stderr.strip().splitlines() == [
+        f"sleepsafe-edge: replay: {tmp_path / 'nope.mp4'}: no such file"
+    ]
 
 
 def test_replay_of_a_file_that_is_not_a_video(tmp_path: Path) -> None:
@@ -160,7 +168,9 @@ def test_preview_writes_an_annotated_video(clips: Path, tmp_path: Path) -> None:
     import cv2
 
     out = tmp_path / "preview.mp4"
-    proc = _cli("--set", f"state_dir={tmp_path}", "replay", str(clips / "single_face.mp4"), "--preview-out", str(out))
+    proc = _cli(
+        "--set", f"state_dir={tmp_path}", "replay", str(clips / "single_face.mp4"), "--preview-out", str(out)
+    )
     assert proc.returncode == 0, proc.stderr
     cap = cv2.VideoCapture(str(out))
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))

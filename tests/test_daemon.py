@@ -41,7 +41,10 @@ class Recorder:
 
         with self._cond:
             ok = self._cond.wait_for(lambda: found() is not None, timeout=timeout)
-        assert ok, f"no {type_.value} {phase} within {timeout} s; got {[(e.type.value, e.phase) for e in self.events]}"
+        assert ok, (
+            f"no {type_.value} {phase} within {timeout} s; "
+            f"got {[(e.type.value, e.phase) for e in self.events]}"
+        )
         e = found()
         assert e is not None
         return e
@@ -55,7 +58,9 @@ def start_agent(cfg: EdgeConfig, rec: Recorder) -> tuple[Agent, threading.Thread
     return agent, thread, result
 
 
-def test_source_dies_mid_stream_then_recovers(make_cfg: Callable[..., EdgeConfig], clips: Path, tmp_path: Path) -> None:
+def test_source_dies_mid_stream_then_recovers(
+    make_cfg: Callable[..., EdgeConfig], clips: Path, tmp_path: Path
+) -> None:
     cam = tmp_path / "camera.mp4"
     shutil.copy(clips / "single_face.mp4", cam)
     cfg = make_cfg(
@@ -150,7 +155,7 @@ def test_bad_config_value_exits_78_with_one_line(tmp_path: Path) -> None:
 
 def test_unknown_key_in_toml_exits_78(tmp_path: Path) -> None:
     cfg = tmp_path / "edge.toml"
-    cfg.write_text('[detector]\nmicrosleep_sec = 1.0\n')
+    cfg.write_text("[detector]\nmicrosleep_sec = 1.0\n")
     proc = _spawn(["--config", str(cfg), "check-config"])
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 78
@@ -191,7 +196,9 @@ def test_gray_and_bgra_frames_are_accepted() -> None:
     assert to_rgb(np.zeros((90, 160, 4), dtype=np.uint8)).shape == (90, 160, 3)
 
 
-def test_pipeline_survives_a_bad_frame_between_good_ones(make_cfg: Callable[..., EdgeConfig], clips: Path) -> None:
+def test_pipeline_survives_a_bad_frame_between_good_ones(
+    make_cfg: Callable[..., EdgeConfig], clips: Path
+) -> None:
     from edge_agent.capture import read_clip
 
     pipe = Pipeline(make_cfg())

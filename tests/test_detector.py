@@ -23,16 +23,23 @@ FPS = (15.0, 30.0)
 
 
 def frame(t: float, i: int, ear: float = OPEN, **kw: float | bool) -> FrameFeatures:
-    base = FrameFeatures(t=t, frame=i, face=True, ear_left=ear, ear_right=ear, ear=ear, iris_vis=min(1.0, ear / OPEN * 0.8))
+    base = FrameFeatures(
+        t=t, frame=i, face=True, ear_left=ear, ear_right=ear, ear=ear, iris_vis=min(1.0, ear / OPEN * 0.8)
+    )
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
 def run(
-    det: Detector, fps: float, seconds: float, make: Callable[[float, int], FrameFeatures], t0: float = 0.0, i0: int = 0
+    det: Detector,
+    fps: float,
+    seconds: float,
+    make: Callable[[float, int], FrameFeatures],
+    t0: float = 0.0,
+    i0: int = 0,
 ) -> tuple[list[Event], float, int]:
     """Feed `seconds` of frames; returns all events, the next t and the next frame index."""
     out: list[Event] = []
-    n = int(round(seconds * fps))
+    n = round(seconds * fps)
     for k in range(n):
         t = t0 + k / fps
         out += det.update(make(t, i0 + k))
@@ -100,7 +107,9 @@ def test_single_blink_is_counted_with_its_duration(fps: float) -> None:
 def test_squint_is_not_a_blink(fps: float) -> None:
     """Laughing: openness dips to ~0.5 of open, never to blink depth."""
     det, t, i = calibrated(fps)
-    events, _, _ = run(det, fps, 2.0, lambda tt, k: frame(tt, k, ear=OPEN * 0.5 if tt < t + 0.3 else OPEN), t, i)
+    events, _, _ = run(
+        det, fps, 2.0, lambda tt, k: frame(tt, k, ear=OPEN * 0.5 if tt < t + 0.3 else OPEN), t, i
+    )
     assert not events
 
 
@@ -268,7 +277,9 @@ def test_fully_distracted_driver(fps: float) -> None:
 def test_sometimes_glancing_commuter_is_not_distracted(fps: float) -> None:
     """Mirror checks: 1 s glances every 3 s never add up to an alert."""
     det, t, i = calibrated(fps)
-    events, _, _ = run(det, fps, 30.0, lambda tt, k: frame(tt, k, yaw=45.0 if (tt % 3.0) < 1.0 else 0.0), t, i)
+    events, _, _ = run(
+        det, fps, 30.0, lambda tt, k: frame(tt, k, yaw=45.0 if (tt % 3.0) < 1.0 else 0.0), t, i
+    )
     assert not of(events, EventType.DISTRACTED)
 
 
@@ -276,10 +287,14 @@ def test_sometimes_glancing_commuter_is_not_distracted(fps: float) -> None:
 def test_invisible_driver_no_face_then_back(fps: float) -> None:
     cfg = DetectorConfig()
     det, t, i = calibrated(fps, cfg)
-    events, t, i = run(det, fps, cfg.no_face_s + 1.0, lambda tt, k: FrameFeatures(t=tt, frame=k, face=False), t, i)
+    events, t, i = run(
+        det, fps, cfg.no_face_s + 1.0, lambda tt, k: FrameFeatures(t=tt, frame=k, face=False), t, i
+    )
     raised = of(events, EventType.NO_FACE, "raised")
     assert len(raised) == 1
-    assert (raised[0].raised_ms - raised[0].start_ms) / 1000 == pytest.approx(cfg.no_face_s, abs=1 / fps + 1e-3)
+    assert (raised[0].raised_ms - raised[0].start_ms) / 1000 == pytest.approx(
+        cfg.no_face_s, abs=1 / fps + 1e-3
+    )
     assert det.state is DriverState.NO_FACE
     events, _, _ = run(det, fps, 1.0, lambda tt, k: frame(tt, k), t, i)
     assert len(of(events, EventType.NO_FACE, "ended")) == 1
@@ -290,7 +305,14 @@ def test_invisible_driver_no_face_then_back(fps: float) -> None:
 def test_new_driver_after_long_absence_is_recalibrated(fps: float) -> None:
     cfg = DetectorConfig()
     det, t, i = calibrated(fps, cfg)
-    _, t, i = run(det, fps, cfg.recalibrate_after_absent_s + 1, lambda tt, k: FrameFeatures(t=tt, frame=k, face=False), t, i)
+    _, t, i = run(
+        det,
+        fps,
+        cfg.recalibrate_after_absent_s + 1,
+        lambda tt, k: FrameFeatures(t=tt, frame=k, face=False),
+        t,
+        i,
+    )
     run(det, fps, cfg.calibration_s + 1, lambda tt, k: frame(tt, k, ear=0.24), t, i)
     assert det.cal.done and det.cal.baseline == pytest.approx(0.24, rel=0.01)
 
