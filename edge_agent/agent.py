@@ -184,6 +184,7 @@ class Agent:
         self.events = EventLog(cfg.state_dir / "events.jsonl")
         self.alerts = AlertDispatcher(build_outputs(cfg.alerts, cfg.state_dir), cfg.alerts.queue_size)
         self.pipeline = Pipeline(cfg, full_landmarks=False)
+        warm = self.pipeline.warm_up()
         self.capture = CaptureThread(cfg.source).start()
         log.info(
             "started",
@@ -192,6 +193,7 @@ class Agent:
             kind=self.capture.spec.kind,
             landmarks=self.pipeline.backend.version,
             outputs=self.alerts.names,
+            warm_up_ms=round(warm * 1000, 1),
             events=str(self.events.path),
         )
         stats = asyncio.create_task(self._stats_task())

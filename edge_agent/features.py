@@ -30,16 +30,17 @@ RIGHT_IRIS = (473, 474, 475, 476, 477)
 # Inner lips: corners 78/308 and three vertical pairs.
 MOUTH = (78, 308, 81, 178, 13, 14, 311, 402)
 # Points for head pose (nose tip, chin, eye outer corners, mouth corners) and a generic
-# 3D face model in millimetres (x right, y up, z towards the camera).
+# 3D face model in millimetres, in OpenCV's camera axes (x right, y down, z away from the
+# camera): the nose tip is nearest, so a face looking into the lens has no rotation.
 POSE_POINTS = (1, 152, 33, 263, 61, 291)
 _MODEL_3D = np.array(
     [
         (0.0, 0.0, 0.0),
-        (0.0, -63.6, -12.5),
-        (-43.3, 32.7, -26.0),
-        (43.3, 32.7, -26.0),
-        (-28.9, -28.9, -24.1),
-        (28.9, -28.9, -24.1),
+        (0.0, 63.6, 12.5),
+        (-43.3, -32.7, 26.0),
+        (43.3, -32.7, 26.0),
+        (-28.9, 28.9, 24.1),
+        (28.9, 28.9, 24.1),
     ],
     dtype=np.float64,
 )
@@ -109,31 +110,22 @@ def head_roll(pts: Points) -> float:
 def head_pose(pts: Points, width: int, height: int) -> tuple[float, float, float]:
     """(yaw, pitch, roll) in degrees by solvePnP against a generic face model.
 
-    Pitch is negative when the face turns down, yaw positive when it turns to image-right.
-    A generic model and a guessed focal length give a few degrees of bias; the detector
-    compares against each driver's calibrated neutral pose, so the bias cancels.
+    Pitch is negative when the face turns down, yaw positive when it turns towards image-right
+    (checked by the tests on projected faces, and on the real clips).  SQPnP finds the global
+    minimum, so the pose does not jump between the mirror solutions that the iterative solver
+    can pick frame to frame.  A generic model and a guessed focal length give a few degrees of
+    bias; the detector compares against each driver's calibrated neutral pose, so it cancels.
     """
     image_pts = np.ascontiguousarray(np.array([pts[i][:2] for i in POSE_POINTS], dtype=np.float64))
     focal = float(max(width, height))
     cam = np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
-    # The model's y axis points up, the image's down: flip the image y so both agree.
-    image_pts[:, 1] = height - image_pts[:, 1]
-    cam[1, 2] = height - cam[1, 2]
-    ok, rvec, _tvec = cv2.solvePnP(_MODEL_3D, image_pts, cam, None, flags=cv2.SOLVEPNP_ITERATIVE)
+    ok, rvec, _tvec = cv2.solvePnP(_MODEL_3D, image_pts, cam, None, flags=cv2.SOLVEPNP_SQPNP)
     if not ok:
         return 0.0, 0.0, head_roll(pts)
     rot, _ = cv2.Rodrigues(rvec)
-    # Euler angles (x = pitch, y = yaw, z = roll) from the rotation matrix.
-    sy = math.hypot(rot[0, 0], rot[1, 0])
     pitch = math.degrees(math.atan2(rot[2, 1], rot[2, 2]))
-    yaw = math.degrees(math.atan2(-rot[2, 0], sy))
-    # Wrap pitch to (-90, 90]: solvePnP may return the mirrored solution.
-    if pitch > 90.0:
-        pitch -= 180.0
-    elif pitch < -90.0:
-        pitch += 180.0
-    # Signs checked on real clips (a face turning down gives negative pitch) and by the tests.
-    return float(yaw), float(-pitch), head_roll(pts)
+    yaw = math.degrees(math.asin(max(-1.0, min(1.0, -rot[2, 0]))))
+    return float(-yaw), float(-pitch), head_roll(pts)
 
 
 @dataclass(frozen=True, slots=True)

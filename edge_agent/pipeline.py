@@ -3,6 +3,7 @@ frame → landmarks → features → detector → events.  Synchronous and free 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -46,6 +47,16 @@ class Pipeline:
         )
         self.frames = 0
         self.frames_with_face = 0
+
+    def warm_up(self, width: int = 640, height: int = 480, frames: int = 3) -> float:
+        """Run the landmark model on blank frames so that graph start-up and the first
+        allocations happen before the camera starts, not on the first real frame.  Returns
+        the seconds it took."""
+        t0 = time.perf_counter()
+        blank = np.full((height, width, 3), 128, dtype=np.uint8)
+        for k in range(frames):
+            self.backend.detect(blank, k)
+        return time.perf_counter() - t0
 
     def process(self, frame: npt.NDArray[np.uint8], t: float, index: int) -> FrameResult:
         """Run one frame.  ``t`` is the source's timestamp in seconds.  Raises FrameError for

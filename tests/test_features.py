@@ -82,21 +82,18 @@ def test_iris_position_and_visibility() -> None:
 
 
 def _project(yaw: float, pitch: float, roll: float, w: int = 640, h: int = 480) -> np.ndarray:
-    """Project the generic face model posed by (yaw, pitch, roll) into a synthetic image."""
-    # Rotation about x by -pitch turns the face down for negative pitch (asserted below).
-    rx, ry, rz = math.radians(-pitch), math.radians(yaw), math.radians(roll)
+    """Project the generic face model, posed by angles in head_pose's convention, into an image.
+    What the signs mean physically is asserted in test_head_pose_signs_mean_down_and_right."""
+    rx, ry, rz = math.radians(-pitch), math.radians(-yaw), math.radians(roll)
     Rx = np.array([[1, 0, 0], [0, math.cos(rx), -math.sin(rx)], [0, math.sin(rx), math.cos(rx)]])
     Ry = np.array([[math.cos(ry), 0, math.sin(ry)], [0, 1, 0], [-math.sin(ry), 0, math.cos(ry)]])
     Rz = np.array([[math.cos(rz), -math.sin(rz), 0], [math.sin(rz), math.cos(rz), 0], [0, 0, 1]])
-    R = Rz @ Ry @ Rx
-    rvec, _ = cv2.Rodrigues(R)
+    rvec, _ = cv2.Rodrigues(Rz @ Ry @ Rx)
     focal = float(max(w, h))
     cam = np.array([[focal, 0, w / 2], [0, focal, h / 2], [0, 0, 1.0]])
     img, _ = cv2.projectPoints(F._MODEL_3D, rvec, np.array([0.0, 0.0, 500.0]), cam, None)
-    img = img.reshape(-1, 2)
-    img[:, 1] = h - img[:, 1]  # model y up -> image y down
     pts = blank()
-    for idx, p in zip(F.POSE_POINTS, img, strict=True):
+    for idx, p in zip(F.POSE_POINTS, img.reshape(-1, 2), strict=True):
         pts[idx] = p
     return pts
 
