@@ -1,0 +1,38 @@
+"""The docs match the code: the README's config table and the example TOML are generated
+from the config models, and the example is a valid config."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from edge_agent.config import load_config
+from edge_agent.configdoc import example_toml, markdown
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_config_reference_is_current() -> None:
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- config-reference -->\n(.*?)\n<!-- /config-reference -->", readme, re.S)
+    assert block, "README lacks the generated config reference block"
+    assert block.group(1).strip() == markdown().strip(), "run: python -m edge_agent.configdoc markdown"
+
+
+def test_example_toml_is_current_and_valid(tmp_path: Path) -> None:
+    shipped = (REPO / "edge_agent" / "edge.example.toml").read_text()
+    assert shipped == example_toml(), (
+        "run: python -m edge_agent.configdoc toml > edge_agent/edge.example.toml"
+    )
+    # Uncomment every key that has a value: the result must load and equal the defaults.
+    lines = []
+    for line in shipped.splitlines():
+        m = re.match(r"# (\w+) = (.+)$", line)
+        lines.append(f"{m.group(1)} = {m.group(2)}" if m else line)
+    cfg_file = tmp_path / "edge.toml"
+    cfg_file.write_text(
+        "\n".join(lines).replace('state_dir = "/var/lib/sleepsafe"', f'state_dir = "{tmp_path}"')
+    )
+    cfg = load_config(cfg_file)
+    defaults = load_config(None, {"state_dir": str(tmp_path)})
+    assert cfg.model_dump() == defaults.model_dump()
