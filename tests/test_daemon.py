@@ -131,6 +131,13 @@ def test_sigterm_finishes_the_frame_flushes_events_and_exits_0(clips: Path, tmp_
                 break
         else:
             pytest.fail(f"daemon ended early: rc={proc.wait()}")
+        # SIGUSR1: recalibrate on command (a driver change), acknowledged in the log.
+        proc.send_signal(signal.SIGUSR1)
+        for line in proc.stderr:
+            if '"recalibration_requested"' in line:
+                break
+        else:
+            pytest.fail(f"daemon ended early: rc={proc.wait()}")
         proc.send_signal(signal.SIGTERM)
         rest = proc.stderr.read()
         assert proc.wait(timeout=30) == 0
