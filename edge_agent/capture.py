@@ -67,7 +67,12 @@ def open_capture(spec: SourceSpec, cfg: SourceConfig | None = None) -> cv2.Video
         "stream": cv2.CAP_FFMPEG,
         "file": cv2.CAP_FFMPEG,
     }[spec.kind]
-    cap = cv2.VideoCapture(spec.target, api)
+    params: list[int] = []
+    if spec.kind == "stream":
+        # A network camera that stalls must fail the read, not hang the capture thread forever.
+        timeout_ms = int((cfg.stream_timeout_s if cfg else 5.0) * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+    cap = cv2.VideoCapture(spec.target, api, params) if params else cv2.VideoCapture(spec.target, api)
     if not cap.isOpened():
         cap.release()
         hint = ""

@@ -49,6 +49,9 @@ class SourceConfig(_Section):
     frame_timeout_s: float = Field(
         2.0, gt=0, description="No frame for this long while running sets CAMERA_LOST."
     )
+    stream_timeout_s: float = Field(
+        5.0, gt=0, description="A network stream that opens or delivers nothing this long has failed."
+    )
     reconnect_initial_s: float = Field(0.5, gt=0, description="First retry delay after a source fails.")
     reconnect_max_s: float = Field(10.0, gt=0, description="Retry delay ceiling (exponential backoff).")
 

@@ -219,3 +219,87 @@ def test_pipeline_survives_a_bad_frame_between_good_ones(
         assert faces == 72 and pipe.detector.blink_count == 1
     finally:
         pipe.close()
+
+
+class MjpegCamera:
+    """A real network camera on loopback: an HTTP MJPEG stream (multipart/x-mixed-replace) of a
+    real clip at 30 fps, which the test can cut (connection closed) or stall (no data)."""
+
+    def __init__(self, clip: Path) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import cv2
+
+        from edge_agent.capture import read_clip
+
+        jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for _, _, f in read_clip(clip)]
+        self.mode = "serve"
+        self.wake = threading.Event()
+        cam = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if cam.mode != "serve":
+                    self.send_error(503)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                i = 0
+                try:
+                    while cam.mode != "cut":
+                        if cam.mode == "stall":
+                            cam.wake.wait(0.05)
+                            continue
+                        j = jpegs[i % len(jpegs)]
+                        i += 1
+                        head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(j)}\r\n\r\n"
+                        self.wfile.write(head.encode() + j + b"\r\n")
+                        cam.wake.wait(1 / 30)  # the camera's frame period
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.mode = "cut"
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("failure", ["cut", "stall"])
+def test_network_camera_fails_and_comes_back(
+    make_cfg: Callable[..., EdgeConfig], clips: Path, failure: str
+) -> None:
+    cam = MjpegCamera(clips / "single_face.mp4")
+    cfg = make_cfg(
+        source={
+            "uri": cam.url,
+            "stream_timeout_s": "1.0",
+            "frame_timeout_s": "1.5",
+            "reconnect_initial_s": "0.1",
+            "reconnect_max_s": "0.3",
+        }
+    )
+    rec = Recorder()
+    agent, thread, result = start_agent(cfg, rec)
+    try:
+        rec.wait_for(EventType.BLINK, "instant")  # real frames flow through the agent
+        cam.mode = failure
+        lost = rec.wait_for(EventType.CAMERA_LOST, "raised")
+        assert thread.is_alive()
+        cam.mode = "serve"
+        back = rec.wait_for(EventType.CAMERA_LOST, "ended")
+        assert back.event_id == lost.event_id
+        assert agent.capture is not None and agent.capture.reconnects >= 1
+    finally:
+        agent.request_stop()
+        thread.join(timeout=30)
+        cam.close()
+    assert result == [0]
