@@ -165,6 +165,8 @@ class Agent:
             "latency_p50_ms": round(self.latency.quantile(0.5) * 1000, 2),
             "latency_p99_ms": round(self.latency.quantile(0.99) * 1000, 2),
             "alerts": self.alerts.stats() if self.alerts else {},
+            "model_versions": self.pipeline.model_versions if self.pipeline else {},
+            "providers": self.pipeline.providers if self.pipeline else [],
             "events_written": self.events.written if self.events else 0,
         }
 
@@ -303,7 +305,9 @@ def replay_clip(
         },
         "fps": round(n / wall, 1) if wall > 0 else 0.0,
         "clip_fps": round(fps_clip, 2),
-        "landmarks": pipe.backend.version,
+        "model_versions": pipe.model_versions,
+        "providers": pipe.providers,
+        "models": "on" if pipe.eye_model is not None else "off",
     }
     return ReplayResult(
         events=finished,

@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--clips", type=Path, help="clip directory (default: the fetch-clips cache)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument(
+        "--models",
+        choices=("off", "on", "both"),
+        default="off",
+        help="EAR alone (off), EAR fused with the eye-state model (on), or both side by side",
+    )
+    ev.add_argument(
         "--degrade",
         default="",
         help="comma-separated frame degradations applied before the agent: gray, 320x180, roll15",
@@ -141,7 +147,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .clips import clips_dir
-    from .evaluate import evaluate, format_table
+    from .evaluate import evaluate, format_comparison, format_table
 
     cfg = _load(args)
     directory = args.clips or clips_dir()
@@ -150,12 +156,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
             EX_NOINPUT, f"eval: clip directory {directory} not found (run: sleepsafe-edge fetch-clips)"
         )
     names = [n.strip() for n in args.degrade.split(",") if n.strip()]
-    try:
-        report = evaluate(cfg, args.labels, directory, degrade=names)
-    except ValueError as err:
-        return _die(2, f"eval: {err}")
-    print(json.dumps(report) if args.json else format_table(report))
-    return 0 if report["clips"] else EX_DATAERR
+    modes = ["off", "on"] if args.models == "both" else [args.models]
+    reports: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        run_cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"enabled": mode == "on"})})
+        try:
+            reports[mode] = evaluate(run_cfg, args.labels, directory, degrade=names)
+        except ValueError as err:
+            return _die(2, f"eval: {err}")
+        if mode == "on" and reports[mode].get("model_versions", {}).get("eye_state") is None:
+            return _die(
+                EX_UNAVAILABLE, "eval: --models on, but the eye-state model could not be loaded (see log)"
+            )
+    if args.json:
+        print(
+            json.dumps(
+                reports[modes[0]]
+                if len(modes) == 1
+                else {"ear_only": reports["off"], "with_models": reports["on"]}
+            )
+        )
+    else:
+        for mode in modes:
+            if len(modes) > 1:
+                print(f"\n== {'EAR alone' if mode == 'off' else 'EAR + eye-state model'}")
+            print(format_table(reports[mode]))
+        if len(modes) > 1:
+            print("\n" + format_comparison(reports["off"], reports["on"]))
+    return 0 if all(r["clips"] for r in reports.values()) else EX_DATAERR
 
 
 def cmd_run(args: argparse.Namespace) -> int:

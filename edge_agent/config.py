@@ -183,6 +183,40 @@ class DetectorConfig(_Section):
         return self
 
 
+Provider = Literal["tensorrt", "cuda", "cpu"]
+
+
+class ModelsConfig(_Section):
+    enabled: bool = Field(
+        False,
+        description="Fuse the eye-state model with EAR for closure and blink decisions. Off by default: "
+        "on the held-out clip it does not beat EAR alone yet (see README, Models).",
+    )
+    eye_state: Path | None = Field(
+        None, description="Eye-state ONNX file (unset: the shipped model of `variant`)."
+    )
+    variant: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32", description="Shipped variant: fp32, fp16 (GPU/TensorRT) or int8 (CPU-only devices)."
+    )
+    providers: list[Provider] = Field(
+        default_factory=lambda: ["tensorrt", "cuda", "cpu"],  # type: ignore[arg-type]
+        description="Execution providers in order of preference; missing ones are skipped with a warning.",
+    )
+    fp16: bool = Field(False, description="Let TensorRT build fp16 engines.")
+    threads: int = Field(
+        1, ge=1, le=16, description="CPU threads per model (the landmark model needs the rest)."
+    )
+    closed_prob: float = Field(
+        0.5, gt=0, lt=1, description="P(closed) at or above which the model agrees that an eye is shut."
+    )
+    strong_prob: float = Field(
+        0.9, gt=0, lt=1, description="P(closed) at which the model alone marks a half-shut eye as shut."
+    )
+    strong_openness: float = Field(
+        0.35, gt=0, lt=1, description="...as long as openness is at most this (EAR still has a say)."
+    )
+
+
 class SoundConfig(_Section):
     enabled: bool = Field(True, description="Play a tone through aplay/paplay when one is installed.")
     player: Literal["auto", "aplay", "paplay"] = Field("auto", description="Audio player to use.")
@@ -260,6 +294,7 @@ class EdgeConfig(BaseSettings):
     source: SourceConfig = Field(default_factory=SourceConfig)  # type: ignore[arg-type]
     landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig)  # type: ignore[arg-type]
     detector: DetectorConfig = Field(default_factory=DetectorConfig)  # type: ignore[arg-type]
+    models: ModelsConfig = Field(default_factory=ModelsConfig)  # type: ignore[arg-type]
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # type: ignore[arg-type]
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
     stats_interval_s: float = Field(10.0, gt=0, description="How often runtime stats are logged.")

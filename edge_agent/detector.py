@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from .config import DetectorConfig
+from .config import DetectorConfig, ModelsConfig
 from .features import FrameFeatures
 from .protocol import (
     ALERT_STATE,
@@ -95,11 +95,13 @@ class Detector:
     def __init__(
         self,
         cfg: DetectorConfig,
+        models: ModelsConfig | None = None,
         device_id: str = "edge-0",
         start_wallclock: datetime | None = None,
         model_versions: dict[str, str] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.models = models  # None: EAR alone; else fuse the eye-state probability
         self.device_id = device_id
         self.model_versions = dict(model_versions or {})
         self._epoch = start_wallclock or datetime.now(timezone.utc)
@@ -115,6 +117,7 @@ class Detector:
         # Shallow closure (blinks) and deep closure (microsleep/sleep) episodes.
         self._blink_start: tuple[float, int] | None = None
         self._blink_min = 1.0
+        self._blink_prob = 0.0
         self._deep_start: tuple[float, int] | None = None
         self._deep_open_since: float | None = None
         self._deep_last_closed: tuple[float, int] | None = None
@@ -226,7 +229,15 @@ class Detector:
         return pitch_rel <= -self.cfg.look_down_pitch_deg and f.iris_vis >= self.cfg.iris_visible_min
 
     def _deep_closed(self, f: FrameFeatures, openness: float) -> bool:
-        return openness <= self.cfg.closed_ratio and not self._looking_down(f)
+        """Eyes ≥ 80 % shut.  With the eye-state model, EAR's verdict needs the model's
+        agreement (a look-down or a squint keeps the iris and lashes visible), and a model that
+        is very sure can mark a half-shut eye as shut."""
+        m = self.models
+        if m is None or f.eye_prob < 0:
+            return openness <= self.cfg.closed_ratio and not self._looking_down(f)
+        if f.eye_prob >= m.strong_prob and openness <= m.strong_openness:
+            return True
+        return openness <= self.cfg.closed_ratio and f.eye_prob >= m.closed_prob
 
     def _remember(self, f: FrameFeatures, openness: float) -> None:
         self.last_openness = openness
@@ -343,15 +354,24 @@ class Detector:
             if openness < cfg.blink_close_ratio and not self._looking_down(f):
                 self._blink_start = (f.t, f.frame)
                 self._blink_min = openness
+                self._blink_prob = f.eye_prob
             return []
         self._blink_min = min(self._blink_min, openness)
+        self._blink_prob = max(self._blink_prob, f.eye_prob)
         if openness <= cfg.blink_open_ratio:
             return []
         start_t, start_frame = self._blink_start
         self._blink_start = None
         # The eye is open again in this frame: the closure lasted until the previous one.
         dur = f.t - start_t
-        if self._blink_min > cfg.blink_depth_ratio or dur < cfg.blink_min_s:
+        deep = self._blink_min <= cfg.blink_depth_ratio
+        if self.models is not None and self._blink_prob >= 0:
+            # With the model, a dip counts as a blink when the model saw the eye shut.
+            deep = (
+                self._blink_prob >= self.models.closed_prob
+                and self._blink_min <= self.models.strong_openness * 1.5
+            )
+        if not deep or dur < cfg.blink_min_s:
             return []
         if dur <= cfg.blink_max_s:
             self.blink_count += 1

@@ -240,6 +240,7 @@ def evaluate(
     for lab in labels:
         by_clip[lab.clip].append(lab)
     clips: list[ClipScore] = []
+    model_versions: dict[str, str] = {}
     for name in sorted(by_clip):
         path = clips_dir / name
         if not path.is_file():
@@ -252,6 +253,7 @@ def evaluate(
         except Exception as err:  # noqa: BLE001 - one broken clip must not hide the others' scores
             problems.append(f"{name}: replay failed: {type(err).__name__}: {err}")
             continue
+        model_versions = res.summary.get("model_versions", {})
         sc = score_clip(name, by_clip[name], res.raised + res.events, res.face_flags, problems)
         sc.fps = round(res.frames / res.wall_s, 1) if res.wall_s > 0 else 0.0
         clips.append(sc)
@@ -309,8 +311,45 @@ def evaluate(
         "face_accuracy": round(correct / scored, 4) if scored else None,
         "face_frames_scored": scored,
         "degrade": degrade or [],
+        "model_versions": model_versions,
         "problems": problems,
     }
+
+
+def format_comparison(off: dict[str, Any], on: dict[str, Any]) -> str:
+    """One line per headline figure: EAR alone vs EAR + models, with the change."""
+    rows = ["figure                              EAR alone   EAR+models"]
+
+    def line(label: str, a: Any, b: Any) -> None:
+        rows.append(f"{label:<36}{a!s:>10}   {b!s:>10}")
+
+    line("blink F1", off["blinks"]["f1"], on["blinks"]["f1"])
+    line("blink precision", off["blinks"]["precision"], on["blinks"]["precision"])
+    line("blink recall", off["blinks"]["recall"], on["blinks"]["recall"])
+    line(
+        "closure alarms inside closed",
+        off["closure_alarms"]["inside_closed"],
+        on["closure_alarms"]["inside_closed"],
+    )
+    line(
+        "closure alarms outside closed",
+        off["closure_alarms"]["outside_closed"],
+        on["closure_alarms"]["outside_closed"],
+    )
+    line("closure-alarm precision", off["closure_alarms"]["precision"], on["closure_alarms"]["precision"])
+    line(
+        "alarms in look_down / squint_smile",
+        f"{off['closure_alarms']['in_look_down']}/{off['closure_alarms']['in_squint_smile']}",
+        f"{on['closure_alarms']['in_look_down']}/{on['closure_alarms']['in_squint_smile']}",
+    )
+    line(
+        "closed ranges alarmed",
+        f"{off['closed_ranges_alarmed']}/{off['closed_ranges']}",
+        f"{on['closed_ranges_alarmed']}/{on['closed_ranges']}",
+    )
+    line("max alarm latency ms", off["latency_ms"]["max"], on["latency_ms"]["max"])
+    line("face accuracy", off["face_accuracy"], on["face_accuracy"])
+    return "\n".join(rows)
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ is standardised (zero mean, unit variance), so exposure does not matter.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,37 +36,49 @@ def _gray(frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return out
 
 
-def eye_crop(
+def aligned_eye(
     gray: npt.NDArray[np.uint8], a: npt.ArrayLike, b: npt.ArrayLike, mirror: bool
-) -> npt.NDArray[np.float32]:
-    """One aligned, standardised ``(CROP_H, CROP_W)`` float32 crop of the eye whose corners are
-    ``a`` (image-left) and ``b`` (image-right); ``mirror`` flips it left-right."""
+) -> npt.NDArray[np.uint8]:
+    """The ``(CROP_H, CROP_W)`` uint8 crop of the eye whose corners are ``a`` (image-left) and
+    ``b`` (image-right), levelled and scaled; ``mirror`` flips it left-right."""
     pa = np.asarray(a, dtype=np.float64)[:2]
     pb = np.asarray(b, dtype=np.float64)[:2]
     centre = (pa + pb) / 2.0
     width = float(np.hypot(*(pb - pa)))
     if width < 2.0:
-        return np.zeros((CROP_H, CROP_W), dtype=np.float32)
+        return np.zeros((CROP_H, CROP_W), dtype=np.uint8)
     angle = math.degrees(math.atan2(pb[1] - pa[1], pb[0] - pa[0]))
     scale = EYE_SHARE * CROP_W / width
     m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
     m[0, 2] += CROP_W / 2.0 - centre[0]
     m[1, 2] += CROP_H / 2.0 - centre[1]
-    crop = cv2.warpAffine(gray, m, (CROP_W, CROP_H), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-    out = crop.astype(np.float32)
-    if mirror:
-        out = out[:, ::-1]
-    out -= out.mean()
-    out /= max(float(out.std()), 4.0)
-    return np.ascontiguousarray(out)
+    crop: npt.NDArray[np.uint8] = cv2.warpAffine(
+        gray, m, (CROP_W, CROP_H), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+    )
+    return np.ascontiguousarray(crop[:, ::-1]) if mirror else crop
 
 
-def eye_crops(frame: npt.NDArray[np.uint8], points: npt.NDArray[np.float64]) -> Crops:
-    """Both eyes as a ``(2, 1, CROP_H, CROP_W)`` batch: image-left eye, then image-right eye.
+def standardise(crops: npt.NDArray[Any]) -> Crops:
+    """Per-crop zero mean, unit variance (floored, so a flat crop is not blown up into noise).
+    Works on ``(..., H, W)``."""
+    x = np.asarray(crops, dtype=np.float32)
+    mean = x.mean(axis=(-2, -1), keepdims=True)
+    std = np.maximum(x.std(axis=(-2, -1), keepdims=True), 4.0)
+    out: Crops = ((x - mean) / std).astype(np.float32)
+    return out
+
+
+def raw_eye_crops(frame: npt.NDArray[np.uint8], points: npt.NDArray[np.float64]) -> npt.NDArray[np.uint8]:
+    """Both eyes as ``(2, CROP_H, CROP_W)`` uint8: image-left eye, then image-right eye.
 
     The outer corner ends up on the left of both crops: the image-left eye (33 outer, 133
     inner) is taken as it is, the image-right eye (362 inner, 263 outer) is mirrored."""
     gray = _gray(frame)
-    left = eye_crop(gray, points[LEFT_EYE[0]], points[LEFT_EYE[3]], mirror=False)
-    right = eye_crop(gray, points[RIGHT_EYE[0]], points[RIGHT_EYE[3]], mirror=True)
-    return np.stack([left, right])[:, None, :, :]
+    left = aligned_eye(gray, points[LEFT_EYE[0]], points[LEFT_EYE[3]], mirror=False)
+    right = aligned_eye(gray, points[RIGHT_EYE[0]], points[RIGHT_EYE[3]], mirror=True)
+    return np.stack([left, right])
+
+
+def eye_crops(frame: npt.NDArray[np.uint8], points: npt.NDArray[np.float64]) -> Crops:
+    """Model input for both eyes: ``(2, 1, CROP_H, CROP_W)`` float32, standardised."""
+    return standardise(raw_eye_crops(frame, points))[:, None, :, :]

@@ -146,13 +146,14 @@ class FrameFeatures:
     gaze_y: float = 0.0
     iris_vis: float = 0.0
     faces: int = 0
+    eye_prob: float = -1.0  # P(eyes closed) from the eye-state model; -1 when not run
 
     def as_dict(self) -> dict[str, float | int | bool]:
         return asdict(self)
 
 
 def compute_features(
-    pts: Points, width: int, height: int, t: float, frame: int, faces: int = 1
+    pts: Points, width: int, height: int, t: float, frame: int, faces: int = 1, eye_prob: float = -1.0
 ) -> FrameFeatures:
     """All per-frame features of one face.  ``pts`` holds pixel coordinates, 478 rows."""
     el = eye_aspect_ratio(pts, LEFT_EYE)
@@ -176,6 +177,7 @@ def compute_features(
         gaze_y=(gl[1] + gr[1]) / 2.0,
         iris_vis=vis,
         faces=faces,
+        eye_prob=eye_prob,
     )
 
 

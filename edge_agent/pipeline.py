@@ -12,7 +12,9 @@ import numpy.typing as npt
 
 from .config import EdgeConfig
 from .detector import Detector
+from .eyecrop import eye_crops
 from .features import FrameFeatures, compute_features, no_face
+from .inference import EyeStateModel, load_eye_state
 from .landmarks import Face, LandmarkBackend, create_backend, largest_face, to_rgb
 from .protocol import Event
 
@@ -39,8 +41,16 @@ class Pipeline:
         self.cfg = cfg
         self.backend = backend or create_backend(cfg.landmarks, full=full_landmarks)
         self.model_versions = {"landmarks": self.backend.version}
+        self.eye_model: EyeStateModel | None = None
+        self.providers: list[str] = []
+        if cfg.models.enabled:
+            self.eye_model = load_eye_state(cfg.models, cfg.state_dir)
+            if self.eye_model is not None:
+                self.model_versions["eye_state"] = self.eye_model.version
+                self.providers = self.eye_model.providers
         self.detector = Detector(
             cfg.detector,
+            models=cfg.models if self.eye_model is not None else None,
             device_id=cfg.device_id,
             start_wallclock=start_wallclock,
             model_versions=self.model_versions,
@@ -70,7 +80,10 @@ class Pipeline:
         else:
             self.frames_with_face += 1
             h, w = rgb.shape[:2]
-            feats = compute_features(driver.points, w, h, t, index, faces=len(faces))
+            prob = -1.0
+            if self.eye_model is not None:
+                prob = float(self.eye_model.predict(eye_crops(frame, driver.points)).mean())
+            feats = compute_features(driver.points, w, h, t, index, faces=len(faces), eye_prob=prob)
         events = self.detector.update(feats)
         return FrameResult(features=feats, events=events, face=driver, faces=len(faces))
 

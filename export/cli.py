@@ -1,13 +1,78 @@
-"""`sleepsafe-export`: not built yet — tracked in issue 4 (models: ONNX export)."""
+"""`sleepsafe-export`: turn a trained checkpoint into checked ONNX files with model cards.
+
+    sleepsafe-export eye-state --checkpoint models/checkpoints/eye_state.pt --out models/eye_state.onnx \\
+        [--fp16] [--int8] [--no-simplify] [--data DIR] [--json]
+
+Exit codes: 0 ok, 65 the export failed a check (parity, checker), 66 a missing or unreadable
+checkpoint, 73 an output that cannot be written.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("sleepsafe-export: not available yet: see issue 4 (models: ONNX export)", file=sys.stderr)
-    return 69  # EX_UNAVAILABLE
+    p = argparse.ArgumentParser(
+        prog="sleepsafe-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    es = sub.add_parser("eye-state", help="export the eye-state CNN")
+    es.add_argument("--checkpoint", type=Path, default=REPO / "models" / "checkpoints" / "eye_state.pt")
+    es.add_argument("--out", type=Path, default=REPO / "models" / "eye_state.onnx")
+    es.add_argument("--fp16", action="store_true", help="also write the fp16 variant (GPU/TensorRT)")
+    es.add_argument(
+        "--int8", action="store_true", help="also write the int8 variant (CPU), calibrated on real crops"
+    )
+    es.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    es.add_argument("--data", type=Path, help="prepared data: score each variant on the held-out subject")
+    es.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+
+    from .onnx_export import ExportError, export_eye_state
+
+    crops = labels = None
+    if args.data:
+        from models.dataset import TEST_SUBJECTS, eye_samples, load_all
+
+        try:
+            crops, labels, _ = eye_samples(load_all(args.data), TEST_SUBJECTS)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"sleepsafe-export: {err}", file=sys.stderr)
+            return 66
+    try:
+        report = export_eye_state(
+            args.checkpoint,
+            args.out,
+            fp16=args.fp16,
+            int8=args.int8,
+            simplify=not args.no_simplify,
+            eval_crops=crops,
+            eval_labels=labels,
+        )
+    except ExportError as err:
+        msg = str(err)
+        code = 66 if "checkpoint" in msg and ("not found" in msg or "not a readable" in msg) else 65
+        if msg.startswith("output"):
+            code = 73
+        print(f"sleepsafe-export: {msg}", file=sys.stderr)
+        return code
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for f in report["files"]:
+            acc = f["accuracy_held_out"]
+            extra = f", held-out balanced accuracy {acc['balanced_accuracy']}" if acc else ""
+            print(
+                f"{f['file']}: {f['variant']}, {f['bytes']} bytes, "
+                f"parity {f['parity_max_abs_diff_vs_torch']:.2e}{extra}"
+            )
+    return 0
 
 
 if __name__ == "__main__":

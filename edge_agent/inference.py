@@ -1,0 +1,219 @@
+"""ONNX Runtime sessions for the edge models: provider choice, checks, warm-up, IO binding.
+
+One factory for every model: execution providers in the configured order of preference
+(TensorRT with its engine and timing caches in the state directory → CUDA → CPU).  A provider
+this onnxruntime build lacks is skipped with one warning naming it; the providers in use are
+logged and reported in stats and replay summaries.  A model file that is missing, corrupt or of
+the wrong shape is refused with one clear line (:class:`ModelError`) and the agent runs on EAR
+alone, saying so.  No torch here: the edge runtime needs only onnxruntime and numpy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from .config import ModelsConfig
+from .eyecrop import CROP_H, CROP_W
+
+log = structlog.get_logger(__name__)
+
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be used, as one line."""
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu ≥ 1.21 finds the CUDA/cuDNN libraries of pip wheels this way.
+        try:
+            ort.preload_dlls()
+        except Exception as err:  # noqa: BLE001 - a missing CUDA install only narrows the choice
+            log.debug("preload_dlls_failed", error=str(err))
+    return list(ort.get_available_providers())
+
+
+def choose_providers(
+    wanted: Sequence[str], state_dir: Path, fp16: bool, available: list[str] | None = None
+) -> tuple[list[Any], list[str]]:
+    """Providers (with options) to pass to onnxruntime, and the names skipped."""
+    have = set(available if available is not None else available_providers())
+    chosen: list[Any] = []
+    skipped: list[str] = []
+    for key in wanted:
+        name = PROVIDER_NAMES[key]
+        if name not in have:
+            skipped.append(name)
+            continue
+        if key == "tensorrt":
+            cache = state_dir / "tensorrt"
+            cache.mkdir(parents=True, exist_ok=True)
+            chosen.append(
+                (
+                    name,
+                    {
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(cache),
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": str(cache),
+                        "trt_fp16_enable": fp16,
+                    },
+                )
+            )
+        elif key == "cuda":
+            chosen.append((name, {"cudnn_conv_algo_search": "HEURISTIC"}))
+        else:
+            chosen.append(name)
+    if "CPUExecutionProvider" not in [c if isinstance(c, str) else c[0] for c in chosen]:
+        chosen.append("CPUExecutionProvider")  # always the last resort
+    return chosen, skipped
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    name: str
+    version: str
+    path: str
+    providers: list[str]
+    warm_up_ms: float
+
+
+class OnnxModel:
+    """A checked, warmed-up onnxruntime session with a fixed input contract."""
+
+    def __init__(
+        self,
+        path: Path,
+        input_shape: tuple[int, ...],
+        output_width: int,
+        cfg: ModelsConfig,
+        state_dir: Path,
+        name: str,
+    ) -> None:
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise ModelError(f"model {name}: {path} not found")
+        providers, skipped = choose_providers(cfg.providers, state_dir, cfg.fp16)
+        if skipped:
+            log.warning(
+                "providers_skipped", model=name, skipped=skipped, reason="not in this onnxruntime build"
+            )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = cfg.threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises several kinds for a bad file
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelError(f"model {name}: {path} cannot be loaded: {first[:200]}") from None
+        inputs = self.session.get_inputs()
+        outputs = self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(
+                f"model {name}: expected 1 input and 1 output, found {len(inputs)} and {len(outputs)}"
+            )
+        shape = tuple(inputs[0].shape)
+        fixed = tuple(d for d in shape[1:])
+        if len(shape) != len(input_shape) or fixed != input_shape[1:]:
+            raise ModelError(
+                f"model {name}: input shape {list(shape)} does not match {['batch', *input_shape[1:]]}"
+            )
+        out_shape = tuple(outputs[0].shape)
+        if len(out_shape) != 2 or out_shape[1] != output_width:
+            raise ModelError(
+                f"model {name}: output shape {list(out_shape)} does not match ['batch', {output_width}]"
+            )
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.input_type = np.float16 if "float16" in inputs[0].type else np.float32
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.name = name
+        self.version = str(meta.get("version", "unknown"))
+        self.meta = meta
+        self.providers = list(self.session.get_providers())
+        self._cuda = self.providers[0] == "CUDAExecutionProvider"
+        self._binding = self.session.io_binding() if self._cuda else None
+        # Warm-up: the first runs allocate, pick kernels, build TensorRT engines.
+        t0 = time.perf_counter()
+        dummy = np.zeros((2, *input_shape[1:]), dtype=self.input_type)
+        for _ in range(3):
+            self.run(dummy)
+        self.info = ModelInfo(
+            name=name,
+            version=self.version,
+            path=str(path),
+            providers=self.providers,
+            warm_up_ms=round((time.perf_counter() - t0) * 1000, 1),
+        )
+
+    def run(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        x = np.ascontiguousarray(x, dtype=self.input_type)
+        if self._binding is not None:
+            # IO binding on CUDA: the output stays on the device until we copy it once.
+            b = self._binding
+            b.bind_cpu_input(self.input_name, x)
+            b.bind_output(self.output_name, "cuda")
+            self.session.run_with_iobinding(b)
+            out = b.copy_outputs_to_cpu()[0]
+            b.clear_binding_inputs()
+            b.clear_binding_outputs()
+        else:
+            out = self.session.run([self.output_name], {self.input_name: x})[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+class EyeStateModel(OnnxModel):
+    """P(eye closed) for both eyes of a frame, as one batch of two."""
+
+    def __init__(self, path: Path, cfg: ModelsConfig, state_dir: Path) -> None:
+        super().__init__(path, (1, 1, CROP_H, CROP_W), 1, cfg, state_dir, "eye_state")
+
+    def predict(self, crops: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self.run(crops)[:, 0]
+
+
+def default_model_path(file: str) -> Path:
+    """Models shipped in the repository (``models/``), or installed beside the package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "models" / file, here / "models" / file):
+        if candidate.is_file():
+            return candidate
+    return here.parent / "models" / file
+
+
+def load_eye_state(cfg: ModelsConfig, state_dir: Path) -> EyeStateModel | None:
+    """The eye-state model, or None (and one error line) when it cannot be used."""
+    path = cfg.eye_state or default_model_path(
+        {"fp32": "eye_state.onnx", "fp16": "eye_state.fp16.onnx", "int8": "eye_state.int8.onnx"}[cfg.variant]
+    )
+    try:
+        model = EyeStateModel(path, cfg, state_dir)
+    except ModelError as err:
+        log.error("model_refused", error=str(err), fallback="EAR alone")
+        return None
+    info = model.info
+    log.info(
+        "model_loaded",
+        name=info.name,
+        version=info.version,
+        path=info.path,
+        providers=info.providers,
+        warm_up_ms=info.warm_up_ms,
+    )
+    return model

