@@ -10,6 +10,7 @@ alone, saying so.  No torch here: the edge runtime needs only onnxruntime and nu
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,19 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def tensorrt_libraries_present() -> bool:
+    """onnxruntime-gpu lists TensorRT whenever its provider library is installed, even where
+    TensorRT itself (libnvinfer) is not; asking for it then fails deep inside session creation.
+    Check for the library first, so the fallback is a warning, not a failure."""
+    for name in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def choose_providers(
     wanted: Sequence[str], state_dir: Path, fp16: bool, available: list[str] | None = None
 ) -> tuple[list[Any], list[str]]:
@@ -57,7 +71,7 @@ def choose_providers(
     skipped: list[str] = []
     for key in wanted:
         name = PROVIDER_NAMES[key]
-        if name not in have:
+        if name not in have or (key == "tensorrt" and available is None and not tensorrt_libraries_present()):
             skipped.append(name)
             continue
         if key == "tensorrt":
