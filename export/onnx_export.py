@@ -42,7 +42,7 @@ def _check_writable(out: Path) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ExportError(f"output {out}: cannot create {parent}: {err.strerror}") from None
+        raise ExportError(f"output {out}: cannot create {parent}: {err.strerror or err}") from None
     if not os.access(parent, os.W_OK):
         raise ExportError(f"output {out}: {parent} is not writable")
 

@@ -129,16 +129,12 @@ def test_export_refuses_bad_input_with_one_line(checkpoint: Path, tmp_path: Path
     torch.save({"arch": "ResNet50", "state_dict": {}}, wrong)
     arch = export("--checkpoint", str(wrong), "--out", str(tmp_path / "m.onnx"))
     assert arch.returncode != 0 and "architecture 'ResNet50', expected 'EyeStateNet'" in arch.stderr
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        unwritable = export("--checkpoint", str(checkpoint), "--out", str(ro / "sub" / "m.onnx"))
-        if unwritable.returncode == 0:
-            pytest.skip("running as a user that ignores directory permissions")
-        assert unwritable.returncode == 73 and "cannot create" in unwritable.stderr
-    finally:
-        ro.chmod(0o700)
+    # A path under a regular file cannot be created, whoever runs the test (root included).
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    unwritable = export("--checkpoint", str(checkpoint), "--out", str(blocker / "sub" / "m.onnx"))
+    assert unwritable.returncode == 73 and "cannot create" in unwritable.stderr
+    assert len(unwritable.stderr.strip().splitlines()) == 1
 
 
 def test_provider_fallback_names_what_was_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -268,7 +264,7 @@ def test_edge_runtime_never_imports_torch(clips: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
     )
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "ok", proc.stderr[-2000:]
 
 
 def _held_out(prepared: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
