@@ -30,6 +30,7 @@ from .landmarks import FrameError
 from .pipeline import FrameResult, Pipeline
 from .preview import PreviewSink, annotate
 from .protocol import Event, EventType
+from .sdnotify import Notifier
 
 log = structlog.get_logger(__name__)
 
@@ -87,9 +88,18 @@ class Agent:
         self.events: EventLog | None = None
         self.alerts: AlertDispatcher | None = None
         self.exit_reason = ""
+        self.notifier = Notifier()
+        self._first_frame = threading.Event()
+        self._stopping_sent = False
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._send_stopping()
+
+    def _send_stopping(self) -> None:
+        if not self._stopping_sent:
+            self._stopping_sent = True
+            self.notifier.stopping(f"stopping after {self.frames} frames")
 
     def request_recalibration(self) -> None:
         self._recalibrate.set()
@@ -138,6 +148,7 @@ class Agent:
             self._dispatch(res.events)
             index += 1
             self.frames += 1
+            self._first_frame.set()
             fps_n += 1
             now = time.monotonic()
             if now - fps_t0 >= 1.0:
@@ -175,6 +186,30 @@ class Agent:
             await asyncio.sleep(self.cfg.stats_interval_s)
             log.info("stats", **self.stats())
 
+    def status_line(self) -> str:
+        d = self.pipeline.detector if self.pipeline else None
+        cap = self.capture
+        state = d.state.value if d else "STARTING"
+        lost = " camera lost" if cap is not None and cap.lost else ""
+        return f"{state}{lost}; {self.fps:.1f} fps; {self.frames} frames; dropped {cap.dropped if cap else 0}"
+
+    async def _systemd_task(self) -> None:
+        """READY=1 once frames flow; WATCHDOG=1 only while they keep flowing, so systemd restarts
+        a daemon whose camera or frame loop is stuck; STATUS= for `systemctl status`."""
+        n = self.notifier
+        period = n.watchdog_s / 2.0 if n.watchdog_s else max(1.0, self.cfg.stats_interval_s)
+        while not self._first_frame.is_set():
+            await asyncio.sleep(0.05)
+        n.ready(self.status_line())
+        log.info("ready", notify=n.enabled, watchdog_s=n.watchdog_s)
+        last = self.frames
+        while True:
+            await asyncio.sleep(period)
+            if n.watchdog_s and self.frames > last:
+                n.watchdog()
+            last = self.frames
+            n.status(self.status_line())
+
     async def run(self) -> int:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
@@ -199,14 +234,18 @@ class Agent:
             events=str(self.events.path),
         )
         stats = asyncio.create_task(self._stats_task())
+        sd = asyncio.create_task(self._systemd_task())
         try:
             await asyncio.to_thread(self._frame_loop)
         finally:
+            self._send_stopping()
             stats.cancel()
+            sd.cancel()
             self.capture.stop()
             self.alerts.close()
             self.events.close()
             self.pipeline.close()
+            self.notifier.close()
             if self.preview is not None:
                 self.preview.close()
             if self.install_signals:

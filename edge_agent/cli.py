@@ -23,6 +23,7 @@ from .protocol import Event
 EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
+EX_CANTCREAT = 73
 
 log = structlog.get_logger(__name__)
 
@@ -77,10 +78,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("check-config", help="validate the configuration and print it")
 
+    ins = sub.add_parser("install-service", help="install (or remove) the systemd service")
+    add_install_args(ins)
+
     fc = sub.add_parser("fetch-clips", help="download the real labelled clips into the cache")
     fc.add_argument("--dir", type=Path, help="target directory (default $SLEEPSAFE_CLIPS_DIR or the cache)")
     fc.add_argument("--force", action="store_true", help="download again even if present")
     return p
+
+
+def add_install_args(p: argparse.ArgumentParser, default_unit: str = "edge") -> None:
+    p.add_argument("--unit", choices=("edge", "sink"), default=default_unit, help="which service")
+    p.add_argument("--uninstall", action="store_true", help="disable and remove the service and its venv")
+    p.add_argument(
+        "--purge", action="store_true", help="with --uninstall: also config, credentials, state, user"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
+    p.add_argument("--root", type=Path, default=Path("/"), help="install into this staging root")
+    p.add_argument("--no-venv", action="store_true", help="do not create /opt/sleepsafe/venv")
+    p.add_argument("--no-start", action="store_true", help="enable but do not start")
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from .installer import InstallError
+    from .installer import main as install
+
+    try:
+        return install(
+            args.unit,
+            args.root,
+            args.dry_run,
+            args.uninstall,
+            args.purge,
+            not args.no_venv,
+            not args.no_start,
+        )
+    except (InstallError, OSError) as err:
+        return _die(EX_CANTCREAT if isinstance(err, OSError) else EX_UNAVAILABLE, f"install-service: {err}")
 
 
 def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> EdgeConfig:
@@ -224,6 +258,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "check-config": cmd_check_config,
     "fetch-clips": cmd_fetch_clips,
+    "install-service": cmd_install_service,
 }
 
 
