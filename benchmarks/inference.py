@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import ModelsConfig
-from edge_agent.inference import EyeStateModel, ModelError, available_providers, default_model_path
+from edge_agent.inference import (
+    EyeStateModel,
+    ModelError,
+    TemporalModel,
+    available_providers,
+    default_model_path,
+)
 from edge_agent.logs import configure_logging
 
 VARIANTS = {"fp32": "eye_state.onnx", "fp16": "eye_state.fp16.onnx", "int8": "eye_state.int8.onnx"}
@@ -120,10 +126,40 @@ def main() -> int:
             if lm:
                 row["ratio_to_landmarks"] = round(row["batch2_p50_ms"] / lm, 4)
             results.append(row)
+    temporal: list[dict[str, Any]] = []
+    for key in [p.strip() for p in args.providers.split(",") if p.strip()]:
+        try:
+            tm = TemporalModel(
+                default_model_path("temporal.onnx"), ModelsConfig(providers=[key]), args.state_dir
+            )
+        except ModelError as err:
+            temporal.append({"provider": key, "error": str(err)})
+            continue
+        vec = [1.0, 0.9, 0.1, 0.0, 0.8, 0.1, 1.0]
+        lat = []
+        for _ in range(args.iters):
+            t0 = time.perf_counter()
+            tm.step(vec)
+            lat.append(time.perf_counter() - t0)
+        trow: dict[str, Any] = {
+            "provider": key,
+            "providers": tm.providers,
+            "step_p50_ms": round(float(np.percentile(lat, 50)) * 1000, 4),
+            "step_p99_ms": round(float(np.percentile(lat, 99)) * 1000, 4),
+        }
+        eye = next(
+            (r for r in results if r["provider"] == key and r["variant"] == "fp32" and "batch2_p50_ms" in r),
+            None,
+        )
+        if eye and lm:
+            trow["all_models_p50_ms"] = round(trow["step_p50_ms"] + eye["batch2_p50_ms"], 4)
+            trow["all_models_ratio_to_landmarks"] = round(trow["all_models_p50_ms"] / lm, 4)
+        temporal.append(trow)
     report = {
         "available_providers": have,
         "landmark_p50_ms": round(lm, 3) if lm else None,
         "results": results,
+        "temporal": temporal,
     }
     if args.json:
         print(json.dumps(report))
@@ -142,6 +178,20 @@ def main() -> int:
         print(
             f"{name} batch 2 p50 {r['batch2_p50_ms']:.3f} ms  p99 {r['batch2_p99_ms']:.3f} ms{ratio}   "
             f"eyes/s @2 {tp['2']}, @32 {tp['32']}, @256 {tp['256']}"
+        )
+    for r in temporal:
+        if "error" in r:
+            print(f"temporal  {r['provider']:<9} {r['error']}")
+            continue
+        total = ""
+        if "all_models_p50_ms" in r:
+            total = (
+                f"  eye-state + temporal {r['all_models_p50_ms']:.3f} ms = "
+                f"{r['all_models_ratio_to_landmarks']:.1%} of landmarks"
+            )
+        print(
+            f"temporal  {r['provider']:<9} ({r['providers'][0]}) step p50 {r['step_p50_ms']:.3f} ms  "
+            f"p99 {r['step_p99_ms']:.3f} ms{total}"
         )
     return 0
 

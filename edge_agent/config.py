@@ -195,6 +195,15 @@ class ModelsConfig(_Section):
     eye_state: Path | None = Field(
         None, description="Eye-state ONNX file (unset: the shipped model of `variant`)."
     )
+    temporal_enabled: bool = Field(
+        False,
+        description="Also run the temporal GRU (closure-now probability, drowsiness score). Off by default: "
+        "it does not beat EAR alone on the held-out clip (README, Models).",
+    )
+    temporal: Path | None = Field(None, description="Temporal ONNX file (unset: the shipped one).")
+    drowsy_score: float = Field(
+        0.35, gt=0, lt=1, description="Temporal drowsiness score at or above which DROWSY is raised."
+    )
     variant: Literal["fp32", "fp16", "int8"] = Field(
         "fp32", description="Shipped variant: fp32, fp16 (GPU/TensorRT) or int8 (CPU-only devices)."
     )

@@ -484,14 +484,15 @@ class Detector:
         perclos_low = not covered or self.perclos < cfg.perclos_recover
         long_blinks = len(self._long_blinks) >= cfg.long_blinks_drowsy
         yawns = len(self._yawns) >= cfg.yawns_drowsy
+        scored = self.models is not None and f.drowsy_score >= self.models.drowsy_score
         out: list[Event] = []
-        if perclos_high or long_blinks or yawns:
+        if perclos_high or long_blinks or yawns or scored:
             if EventType.DROWSY not in self._active:
                 e = self._raise_with_cooldown(EventType.DROWSY, f, f.t, f.frame)
                 if e is not None:
                     out.append(e)
             self._clear_since(EventType.DROWSY, None)
-        elif perclos_low and not long_blinks and not yawns:
+        elif perclos_low and not long_blinks and not yawns and not scored:
             out += self._clear_with_hysteresis(EventType.DROWSY, f)
         return out
 

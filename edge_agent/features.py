@@ -146,7 +146,8 @@ class FrameFeatures:
     gaze_y: float = 0.0
     iris_vis: float = 0.0
     faces: int = 0
-    eye_prob: float = -1.0  # P(eyes closed) from the eye-state model; -1 when not run
+    eye_prob: float = -1.0  # P(eyes closed) from the models (eye-state, or temporal); -1 when not run
+    drowsy_score: float = -1.0  # the temporal model's drowsiness score; -1 when not run
 
     def as_dict(self) -> dict[str, float | int | bool]:
         return asdict(self)
@@ -196,3 +197,25 @@ def perclos(closed_flags: npt.ArrayLike, durations: npt.ArrayLike) -> float:
     if total <= 0.0:
         return 0.0
     return float(dur[flags].sum() / total)
+
+
+def temporal_vector(
+    openness: float,
+    ear: float,
+    mar: float,
+    pitch_drop_deg: float,
+    iris_vis: float,
+    eye_prob: float,
+    dt: float,
+) -> list[float]:
+    """The temporal model's per-frame input, scaled to about unit range (shared by training and
+    the runtime).  ``eye_prob`` < 0 (no eye model) is fed as 0.5, 'no opinion'."""
+    return [
+        float(np.clip(openness, 0.0, 2.0)),
+        float(np.clip(ear * 3.0, 0.0, 2.0)),
+        float(np.clip(mar, 0.0, 2.0)),
+        float(np.clip(pitch_drop_deg / 30.0, -2.0, 2.0)),
+        float(np.clip(iris_vis, 0.0, 1.0)),
+        0.5 if eye_prob < 0 else float(eye_prob),
+        float(np.clip(dt * 30.0, 0.0, 4.0)),
+    ]

@@ -107,8 +107,56 @@ class ModelInfo:
     warm_up_ms: float
 
 
+def open_session(path: Path, cfg: ModelsConfig, state_dir: Path, name: str) -> Any:
+    """An onnxruntime session on the preferred providers available, or ModelError."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ModelError(f"model {name}: {path} not found")
+    providers, skipped = choose_providers(cfg.providers, state_dir, cfg.fp16)
+    if skipped:
+        log.warning(
+            "providers_skipped",
+            model=name,
+            skipped=skipped,
+            reason="not in this onnxruntime build, or its libraries (CUDA, TensorRT) are not installed",
+        )
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = cfg.threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises several kinds for a bad file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"model {name}: {path} cannot be loaded: {first[:200]}") from None
+
+
+def _check_io(
+    name: str,
+    session: Any,
+    inputs: dict[str, tuple[int | str, ...]],
+    outputs: dict[str, tuple[int | str, ...]],
+) -> None:
+    """Names and fixed dimensions must match; 'batch' dimensions may be anything."""
+    for kind, got, want in (
+        ("input", session.get_inputs(), inputs),
+        ("output", session.get_outputs(), outputs),
+    ):
+        if len(got) != len(want):
+            raise ModelError(f"model {name}: expected {len(want)} {kind}s, found {len(got)}")
+        for g, (wname, wshape) in zip(got, want.items(), strict=True):
+            if g.name != wname:
+                raise ModelError(f"model {name}: {kind} is named {g.name!r}, expected {wname!r}")
+            shape = tuple(g.shape)
+            fixed_ok = len(shape) == len(wshape) and all(
+                isinstance(w, str) or s == w for s, w in zip(shape, wshape, strict=True)
+            )
+            if not fixed_ok:
+                raise ModelError(f"model {name}: {kind} shape {list(shape)} does not match {list(wshape)}")
+
+
 class OnnxModel:
-    """A checked, warmed-up onnxruntime session with a fixed input contract."""
+    """A checked, warmed-up onnxruntime session with one input and one output."""
 
     def __init__(
         self,
@@ -119,40 +167,19 @@ class OnnxModel:
         state_dir: Path,
         name: str,
     ) -> None:
-        import onnxruntime as ort
-
-        if not path.is_file():
-            raise ModelError(f"model {name}: {path} not found")
-        providers, skipped = choose_providers(cfg.providers, state_dir, cfg.fp16)
-        if skipped:
-            log.warning(
-                "providers_skipped", model=name, skipped=skipped, reason="not in this onnxruntime build"
-            )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cfg.threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises several kinds for a bad file
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelError(f"model {name}: {path} cannot be loaded: {first[:200]}") from None
+        self.session = open_session(path, cfg, state_dir, name)
         inputs = self.session.get_inputs()
         outputs = self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelError(
                 f"model {name}: expected 1 input and 1 output, found {len(inputs)} and {len(outputs)}"
             )
-        shape = tuple(inputs[0].shape)
-        fixed = tuple(d for d in shape[1:])
-        if len(shape) != len(input_shape) or fixed != input_shape[1:]:
-            raise ModelError(
-                f"model {name}: input shape {list(shape)} does not match {['batch', *input_shape[1:]]}"
-            )
-        out_shape = tuple(outputs[0].shape)
-        if len(out_shape) != 2 or out_shape[1] != output_width:
-            raise ModelError(
-                f"model {name}: output shape {list(out_shape)} does not match ['batch', {output_width}]"
-            )
+        _check_io(
+            name,
+            self.session,
+            {inputs[0].name: ("batch", *input_shape[1:])},
+            {outputs[0].name: ("batch", output_width)},
+        )
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         self.input_type = np.float16 if "float16" in inputs[0].type else np.float32
@@ -192,6 +219,43 @@ class OnnxModel:
         return np.asarray(out, dtype=np.float32)
 
 
+TEMPORAL_FEATURES = 7
+TEMPORAL_HIDDEN = 24
+
+
+class TemporalModel:
+    """The streaming GRU: one frame in, P(closed now) and a drowsiness score out, with its
+    hidden state carried between frames (reset when the face is lost)."""
+
+    def __init__(self, path: Path, cfg: ModelsConfig, state_dir: Path) -> None:
+        self.session = open_session(path, cfg, state_dir, "temporal")
+        _check_io(
+            "temporal",
+            self.session,
+            {"x": ("batch", 1, TEMPORAL_FEATURES), "h": (1, "batch", TEMPORAL_HIDDEN)},
+            {"y": ("batch", 1, 2), "h_out": (1, "batch", TEMPORAL_HIDDEN)},
+        )
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.version = str(meta.get("version", "unknown"))
+        self.providers = list(self.session.get_providers())
+        self.reset()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            self.step([0.0] * TEMPORAL_FEATURES)
+        self.reset()
+        self.info = ModelInfo(
+            "temporal", self.version, str(path), self.providers, round((time.perf_counter() - t0) * 1000, 1)
+        )
+
+    def reset(self) -> None:
+        self._h = np.zeros((1, 1, TEMPORAL_HIDDEN), dtype=np.float32)
+
+    def step(self, vector: list[float]) -> tuple[float, float]:
+        x = np.asarray(vector, dtype=np.float32).reshape(1, 1, TEMPORAL_FEATURES)
+        y, self._h = self.session.run(["y", "h_out"], {"x": x, "h": self._h})
+        return float(y[0, 0, 0]), float(y[0, 0, 1])
+
+
 class EyeStateModel(OnnxModel):
     """P(eye closed) for both eyes of a frame, as one batch of two."""
 
@@ -209,6 +273,26 @@ def default_model_path(file: str) -> Path:
         if candidate.is_file():
             return candidate
     return here.parent / "models" / file
+
+
+def load_temporal(cfg: ModelsConfig, state_dir: Path) -> TemporalModel | None:
+    """The temporal model, or None (and one error line) when it cannot be used."""
+    path = cfg.temporal or default_model_path("temporal.onnx")
+    try:
+        model = TemporalModel(path, cfg, state_dir)
+    except ModelError as err:
+        log.error("model_refused", error=str(err), fallback="no temporal model")
+        return None
+    info = model.info
+    log.info(
+        "model_loaded",
+        name=info.name,
+        version=info.version,
+        path=info.path,
+        providers=info.providers,
+        warm_up_ms=info.warm_up_ms,
+    )
+    return model
 
 
 def load_eye_state(cfg: ModelsConfig, state_dir: Path) -> EyeStateModel | None:

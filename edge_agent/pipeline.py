@@ -4,7 +4,7 @@ frame → landmarks → features → detector → events.  Synchronous and free 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
@@ -13,8 +13,8 @@ import numpy.typing as npt
 from .config import EdgeConfig
 from .detector import Detector
 from .eyecrop import eye_crops
-from .features import FrameFeatures, compute_features, no_face
-from .inference import EyeStateModel, load_eye_state
+from .features import FrameFeatures, compute_features, no_face, temporal_vector
+from .inference import EyeStateModel, TemporalModel, load_eye_state, load_temporal
 from .landmarks import Face, LandmarkBackend, create_backend, largest_face, to_rgb
 from .protocol import Event
 
@@ -42,15 +42,22 @@ class Pipeline:
         self.backend = backend or create_backend(cfg.landmarks, full=full_landmarks)
         self.model_versions = {"landmarks": self.backend.version}
         self.eye_model: EyeStateModel | None = None
+        self.temporal: TemporalModel | None = None
         self.providers: list[str] = []
         if cfg.models.enabled:
             self.eye_model = load_eye_state(cfg.models, cfg.state_dir)
             if self.eye_model is not None:
                 self.model_versions["eye_state"] = self.eye_model.version
                 self.providers = self.eye_model.providers
+        if cfg.models.temporal_enabled:
+            self.temporal = load_temporal(cfg.models, cfg.state_dir)
+            if self.temporal is not None:
+                self.model_versions["temporal"] = self.temporal.version
+                self.providers = self.providers or self.temporal.providers
+        self._last_t: float | None = None
         self.detector = Detector(
             cfg.detector,
-            models=cfg.models if self.eye_model is not None else None,
+            models=cfg.models if (self.eye_model is not None or self.temporal is not None) else None,
             device_id=cfg.device_id,
             start_wallclock=start_wallclock,
             model_versions=self.model_versions,
@@ -75,8 +82,12 @@ class Pipeline:
         faces = self.backend.detect(rgb, round(t * 1000))
         driver = largest_face(faces)
         self.frames += 1
+        dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
+        self._last_t = t
         if driver is None:
             feats = no_face(t, index)
+            if self.temporal is not None:
+                self.temporal.reset()
         else:
             self.frames_with_face += 1
             h, w = rgb.shape[:2]
@@ -84,6 +95,19 @@ class Pipeline:
             if self.eye_model is not None:
                 prob = float(self.eye_model.predict(eye_crops(frame, driver.points)).mean())
             feats = compute_features(driver.points, w, h, t, index, faces=len(faces), eye_prob=prob)
+            if self.temporal is not None:
+                d = self.detector
+                vector = temporal_vector(
+                    feats.ear / d.cal.baseline,
+                    feats.ear,
+                    feats.mar,
+                    d.cal.neutral_pitch - feats.pitch,
+                    feats.iris_vis,
+                    prob,
+                    dt,
+                )
+                closed_now, score = self.temporal.step(vector)
+                feats = replace(feats, eye_prob=closed_now, drowsy_score=score)
         events = self.detector.update(feats)
         return FrameResult(features=feats, events=events, face=driver, faces=len(faces))
 

@@ -32,9 +32,28 @@ def main(argv: list[str] | None = None) -> int:
     es.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     es.add_argument("--data", type=Path, help="prepared data: score each variant on the held-out subject")
     es.add_argument("--json", action="store_true", help="print the report as JSON")
+    tp = sub.add_parser("temporal", help="export the temporal GRU as a one-step streaming model")
+    tp.add_argument("--checkpoint", type=Path, default=REPO / "models" / "checkpoints" / "temporal.pt")
+    tp.add_argument("--out", type=Path, default=REPO / "models" / "temporal.onnx")
+    tp.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
 
-    from .onnx_export import ExportError, export_eye_state
+    from .onnx_export import ExportError, export_eye_state, export_temporal
+
+    if args.command == "temporal":
+        try:
+            report = export_temporal(args.checkpoint, args.out)
+        except ExportError as err:
+            msg = str(err)
+            print(f"sleepsafe-export: {msg}", file=sys.stderr)
+            return 73 if msg.startswith("output") else 66 if "checkpoint" in msg else 65
+        f = report["files"][0]
+        print(
+            json.dumps(report)
+            if args.json
+            else f"{f['file']}: {f['bytes']} bytes, streaming parity {f['parity_max_abs_diff_vs_torch']:.2e}"
+        )
+        return 0
 
     crops = labels = None
     if args.data:

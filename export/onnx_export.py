@@ -228,3 +228,94 @@ def _card(
     }
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return card
+
+
+def export_temporal(checkpoint: Path, out: Path, *, tolerance: float = FP32_TOLERANCE) -> dict[str, Any]:
+    """The GRU as a one-step streaming model: x (N, 1, F), h (1, N, H) -> y (N, 1, 2), h_out."""
+    import onnx
+    import torch
+
+    from models.temporal import ARCH, HIDDEN, N_FEATURES, load_checkpoint
+
+    _check_writable(out)
+    try:
+        model, ckpt = load_checkpoint(checkpoint)
+    except (FileNotFoundError, ValueError) as err:
+        raise ExportError(str(err)) from None
+    frames = np.asarray(ckpt["probe_frames"], dtype=np.float32)
+    # Reference: the probe clip run frame by frame through torch, carrying the state.
+    with torch.no_grad():
+        h = torch.zeros(1, 1, HIDDEN)
+        expected = []
+        for f in frames:
+            y, h = model(torch.from_numpy(f[None, None]), h)
+            expected.append(y.numpy()[0, 0])
+    report_train = ckpt.get("report", {})
+    with tempfile.TemporaryDirectory(prefix="sleepsafe-export-") as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        torch.onnx.export(
+            model,
+            (torch.zeros(2, 1, N_FEATURES), torch.zeros(1, 2, HIDDEN)),
+            str(raw),
+            input_names=["x", "h"],
+            output_names=["y", "h_out"],
+            dynamic_shapes={"x": {0: batch}, "h": {1: batch}},
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+        proto = onnx.load(str(raw))
+        onnx.checker.check_model(proto, full_check=True)
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+        meta = {
+            "name": "temporal",
+            "arch": ARCH,
+            "version": ckpt.get("version", "0"),
+            "input": {"x": ["batch", 1, N_FEATURES], "h": [1, "batch", HIDDEN]},
+            "output": {"y": ["batch", 1, 2], "meaning": "P(eyes closed now), drowsiness score"},
+            "preprocessing": "models.temporal.frame_vector",
+            "training_metrics": {k: report_train.get(k) for k in ("leave_one_subject_out", "held_out")},
+            "data_sha256": report_train.get("data", {}).get("sha256", ""),
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "opset": OPSET,
+        }
+        _set_metadata(proto, meta)
+        tmp_out = Path(tmp) / "temporal.onnx"
+        onnx.save(proto, str(tmp_out))
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(tmp_out), providers=["CPUExecutionProvider"])
+        state = np.zeros((1, 1, HIDDEN), dtype=np.float32)
+        got = []
+        for f in frames:
+            y, state = sess.run(["y", "h_out"], {"x": f[None, None], "h": state})
+            got.append(y[0, 0])
+        diff = float(np.max(np.abs(np.asarray(got) - np.asarray(expected))))
+        if not diff <= tolerance:
+            raise ExportError(
+                f"parity: max |onnxruntime - torch| = {diff:.3g} exceeds {tolerance:g}; not written"
+            )
+        out.write_bytes(tmp_out.read_bytes())
+    card = {
+        "name": "temporal",
+        "file": out.name,
+        "variant": "fp32",
+        "sha256": _sha256(out),
+        "bytes": out.stat().st_size,
+        "version": meta["version"],
+        "opset": OPSET,
+        "input": meta["input"],
+        "output": meta["output"],
+        "parity_max_abs_diff_vs_torch": diff,
+        "parity_tolerance": tolerance,
+        "parity_on": f"{len(frames)} real frames, streamed one at a time with the state carried",
+        "training": {k: report_train.get(k) for k in ("data", "leave_one_subject_out", "held_out", "train")},
+        "exported_at": meta["exported_at"],
+        "torch": meta["torch"],
+        "onnx": meta["onnx"],
+    }
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return {"checkpoint": str(checkpoint), "files": [card]}

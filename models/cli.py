@@ -11,6 +11,9 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+from .dataset import ClipData
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,6 +21,28 @@ REPO = Path(__file__).resolve().parents[1]
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "sleepsafe" / "data"
+
+
+def eye_probabilities(clips: list[ClipData], model_path: Path) -> dict[str, Any]:
+    """Per-frame P(closed) (mean of both eyes) from an exported eye-state model; -1 without a face."""
+    import numpy as np
+
+    from edge_agent.config import ModelsConfig
+    from edge_agent.eyecrop import standardise
+    from edge_agent.inference import EyeStateModel
+
+    model = EyeStateModel(model_path, ModelsConfig(providers=["cpu"]), Path("/tmp"))
+    out = {}
+    for c in clips:
+        n = len(c.crops)
+        p = (
+            model.predict(standardise(c.crops.reshape(n * 2, *c.crops.shape[2:]))[:, None])
+            .reshape(n, 2)
+            .mean(axis=1)
+        )
+        face = c.features[:, -1] > 0.5
+        out[c.clip] = np.where(face, p, -1.0).astype(np.float32)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     es.add_argument("--epochs", type=int, default=30)
     es.add_argument("--seed", type=int, default=7)
     es.add_argument("--no-progress", action="store_true")
+    tp = sub.add_parser("temporal", help="train the temporal closure/drowsiness GRU")
+    tp.add_argument("--data", type=Path, default=default_data_dir())
+    tp.add_argument("--out", type=Path, default=REPO / "models" / "checkpoints" / "temporal.pt")
+    tp.add_argument(
+        "--eye-model",
+        type=Path,
+        default=REPO / "models" / "eye_state.onnx",
+        help="eye-state ONNX whose probabilities feed the GRU ('none' to leave them out)",
+    )
+    tp.add_argument("--steps", type=int, default=400)
+    tp.add_argument("--seed", type=int, default=11)
+    tp.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
     from edge_agent.logs import configure_logging
@@ -50,6 +87,27 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
             return 0
         from .dataset import load_all
+
+        if args.command == "temporal":
+            from .temporal import TemporalTrainConfig
+            from .temporal import run_training as run_temporal
+
+            clips = load_all(args.data)
+            probs = eye_probabilities(clips, args.eye_model) if str(args.eye_model) != "none" else None
+            report = run_temporal(
+                clips,
+                args.out,
+                TemporalTrainConfig(steps=args.steps, seed=args.seed),
+                probs,
+                not args.no_progress,
+            )
+            print(
+                json.dumps(
+                    {k: report[k] for k in ("leave_one_subject_out", "held_out", "data") if k in report},
+                    indent=2,
+                )
+            )
+            return 0
         from .eye_state import TrainConfig, run_training
 
         report = run_training(
