@@ -193,7 +193,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     modes = ["off", "on"] if args.models == "both" else [args.models]
     reports: dict[str, dict[str, Any]] = {}
     for mode in modes:
-        run_cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"enabled": mode == "on"})})
+        # "off" is EAR alone: no model at all; "on" is the eye-state model, plus the temporal one
+        # when models.temporal_enabled is set.
+        on = mode == "on"
+        models = cfg.models.model_copy(
+            update={"enabled": on, "temporal_enabled": on and cfg.models.temporal_enabled}
+        )
+        run_cfg = cfg.model_copy(update={"models": models})
         try:
             reports[mode] = evaluate(run_cfg, args.labels, directory, degrade=names)
         except ValueError as err:
