@@ -168,7 +168,15 @@ def test_daemon_ready_watchdog_cadence_stops_with_frames_and_stopping(clips: Pat
                 beats += 1
         # The camera stalls (no frames, connection open): the pings stop, STATUS goes on.
         cam.mode = "stall"
-        _recv_until(sock, "STATUS=", 5)  # the tick that may still see the last frames
+        # Frames already in flight still arrive: wait for two STATUS ticks with the same count.
+        last = -1
+        while True:
+            msg = sock.recv(4096).decode()
+            m = re.search(r"(\d+) frames", msg)
+            if m:
+                if int(m.group(1)) == last:
+                    break
+                last = int(m.group(1))
         quiet = [sock.recv(4096).decode() for _ in range(5)]  # 5 more ticks, 1 s
         assert all(m.startswith("STATUS=") for m in quiet), quiet
         # Frames again: the pings come back.
