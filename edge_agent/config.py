@@ -226,6 +226,31 @@ class ModelsConfig(_Section):
     )
 
 
+class MqttConfig(_Section):
+    enabled: bool = Field(
+        False, description="Publish events, telemetry and stats over MQTT (through the spool)."
+    )
+    host: str = Field("localhost", min_length=1, description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 for TLS, by convention).")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive.")
+    username: str | None = Field(None, description="Username (unset: anonymous).")
+    password: str | None = Field(None, description="Password; prefer `password_credential`.")
+    password_credential: str = Field(
+        "mqtt-password",
+        description="Name of the password file in $CREDENTIALS_DIRECTORY (systemd LoadCredential=); "
+        "used when `password` is unset and the file exists and is not empty.",
+    )
+    ca_file: Path | None = Field(None, description="CA bundle: setting it turns TLS on.")
+    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="Client key (mutual TLS).")
+    reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay (jittered).")
+    reconnect_max_s: float = Field(60.0, gt=0, description="Reconnect delay ceiling.")
+    inflight: int = Field(32, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK at once.")
+    spool_max_rows: int = Field(100_000, ge=10, description="Spool bound, in messages.")
+    spool_max_mb: float = Field(256.0, gt=0, description="Spool bound, in MB of payload.")
+    telemetry_interval_s: float = Field(10.0, gt=0, description="How often a telemetry summary is queued.")
+
+
 class SoundConfig(_Section):
     enabled: bool = Field(True, description="Play a tone through aplay/paplay when one is installed.")
     player: Literal["auto", "aplay", "paplay"] = Field("auto", description="Audio player to use.")
@@ -304,6 +329,7 @@ class EdgeConfig(BaseSettings):
     landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig)  # type: ignore[arg-type]
     detector: DetectorConfig = Field(default_factory=DetectorConfig)  # type: ignore[arg-type]
     models: ModelsConfig = Field(default_factory=ModelsConfig)  # type: ignore[arg-type]
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # type: ignore[arg-type]
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
     stats_interval_s: float = Field(10.0, gt=0, description="How often runtime stats are logged.")

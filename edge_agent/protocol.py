@@ -124,3 +124,78 @@ class Event(BaseModel):
     perclos: float | None = Field(None, description="PERCLOS (P80) over the rolling window, 0-1.")
     model_versions: dict[str, str] = Field(default_factory=dict)
     features: list[FeatureSample] = Field(default_factory=list, description="Frames before the record.")
+
+
+# ----------------------------------------------------------------------------- MQTT v1
+
+TOPIC_ROOT = "sleepsafe/v1"
+
+
+def topic(device_id: str, kind: Literal["status", "event", "telemetry", "stats"]) -> str:
+    """``sleepsafe/v1/<device>/<kind>``."""
+    return f"{TOPIC_ROOT}/{device_id}/{kind}"
+
+
+class Status(BaseModel):
+    """Retained on ``.../status``: ``online`` at each connect, ``offline`` as the Last Will,
+    ``stopped`` on a clean exit.  ``seq`` grows with every session (persisted on the device), so
+    a sink can tell a stale death from the birth of a newer session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    device_id: str
+    state: Literal["online", "offline", "stopped"]
+    seq: int = Field(ge=0, description="Session number of this device, +1 per connect.")
+    time: datetime
+    version: str = Field(description="Agent version.")
+
+
+class Telemetry(BaseModel):
+    """Periodic driver summary on ``.../telemetry`` (QoS 1, through the spool)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    msg_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Idempotency key.")
+    device_id: str
+    time: datetime
+    state: DriverState
+    perclos: float
+    blink_rate_per_min: float
+    blinks: int
+    baseline_ear: float
+    calibrated: bool
+    is_drowsy: bool
+    face: bool
+
+
+class Stats(BaseModel):
+    """Runtime health on ``.../stats`` (QoS 0: the newest one is what matters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    device_id: str
+    time: datetime
+    fps: float
+    frames: int
+    dropped_frames: int
+    bad_frames: int
+    latency_p50_ms: float
+    latency_p99_ms: float
+    reconnects: int
+    camera_lost: bool
+    spool_depth: int
+    spool_evicted: dict[str, int]
+    mqtt_reconnects: int
+    providers: list[str]
+    model_versions: dict[str, str]
+
+
+MESSAGES: dict[str, type[BaseModel]] = {
+    "status": Status,
+    "event": Event,
+    "telemetry": Telemetry,
+    "stats": Stats,
+}

@@ -1,0 +1,226 @@
+"""MQTT publishing that never loses a message: everything QoS 1 goes through the spool first.
+
+A writer thread moves messages from the frame loop's in-memory inbox into the spool (one
+transaction per batch), a pump thread publishes the oldest spooled rows while connected, keeping
+at most ``inflight`` awaiting PUBACK, and each PUBACK deletes its row.  After a reconnect the pump
+starts again from the oldest unacknowledged row, so delivery is at least once and in order; the
+sink stores idempotently by message id.  Nothing here ever blocks the frame loop: ``submit`` is
+an in-memory queue put.
+
+Status (retained): ``online`` on every connect, the Last Will ``offline``, ``stopped`` on a clean
+exit, each with a persistent session sequence number.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import __version__
+from .config import MqttConfig
+from .protocol import Status, topic
+from .spool import Spool
+
+log = structlog.get_logger(__name__)
+
+
+def resolve_password(cfg: MqttConfig) -> str | None:
+    if cfg.password:
+        return cfg.password
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        path = Path(creds) / cfg.password_credential
+        if path.is_file():
+            text = path.read_text().strip()
+            return text or None
+    return None
+
+
+class Publisher:
+    def __init__(self, cfg: MqttConfig, device_id: str, spool: Spool) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.cfg = cfg
+        self.device_id = device_id
+        self.spool = spool
+        self.seq = spool.next_seq()
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self.connects = 0
+        self.published = 0
+        self.acked = 0
+        self._inbox: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # mid -> spool row id
+        self._last_sent = 0
+        self._mqtt = mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
+        c.will_set(topic(device_id, "status"), self._status("offline"), qos=1, retain=True)
+        if cfg.username:
+            c.username_pw_set(cfg.username, resolve_password(cfg))
+        if cfg.ca_file:
+            c.tls_set(
+                ca_certs=str(cfg.ca_file),
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+            )
+        c.max_inflight_messages_set(cfg.inflight)
+        self._jitter_backoff(c)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        self.client = c
+        self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
+        self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Publisher:
+        self._writer.start()
+        self._pump.start()
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self.client.loop_start()
+        log.info(
+            "mqtt_starting", host=self.cfg.host, port=self.cfg.port, client_id=self.device_id, seq=self.seq
+        )
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Flush the inbox to the spool, say ``stopped`` (retained) if connected, disconnect
+        cleanly (no Last Will).  Whatever is not acknowledged stays in the spool for next time."""
+        self._inbox.put(None)
+        self._writer.join(timeout=timeout)
+        self._stop.set()
+        self._wake.set()
+        self._pump.join(timeout=timeout)
+        if self.connected.is_set():
+            info = self.client.publish(
+                topic(self.device_id, "status"), self._status("stopped"), qos=1, retain=True
+            )
+            info.wait_for_publish(timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def submit(self, kind: str, topic_: str, payload: bytes) -> None:
+        """Queue one QoS 1 message (event or telemetry); never blocks."""
+        self._inbox.put((kind, topic_, payload))
+
+    def publish_now(self, topic_: str, payload: bytes) -> bool:
+        """QoS 0, not spooled (stats): sent if connected, dropped otherwise."""
+        if not self.connected.is_set():
+            return False
+        self.client.publish(topic_, payload, qos=0)
+        return True
+
+    # ------------------------------------------------------------------ threads
+    def _write_loop(self) -> None:
+        while True:
+            item = self._inbox.get()
+            batch = [] if item is None else [item]
+            done = item is None
+            while not done:
+                try:
+                    nxt = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    done = True
+                else:
+                    batch.append(nxt)
+            if batch:
+                try:
+                    self.spool.put_many(batch)
+                except Exception as err:  # noqa: BLE001 - a full disk must not stop the agent
+                    log.error("spool_write_failed", error=str(err), lost=len(batch))
+                self._wake.set()
+            if done:
+                return
+
+    def _pump_loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.connected.wait(0.2):
+                continue
+            with self._lock:
+                room = self.cfg.inflight - len(self._inflight)
+                after = self._last_sent
+            sent = 0
+            if room > 0:
+                for row in self.spool.peek(room, after_id=after):
+                    if not self.connected.is_set():
+                        break
+                    info = self.client.publish(row.topic, row.payload, qos=1)
+                    if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+                        break
+                    with self._lock:
+                        self._inflight[info.mid] = row.id
+                        self._last_sent = row.id
+                    self.published += 1
+                    sent += 1
+            if sent == 0:
+                self._wake.wait(0.2)
+                self._wake.clear()
+
+    # ------------------------------------------------------------------ paho callbacks
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("mqtt_connect_refused", reason=str(reason_code))
+            return
+        self.connects += 1
+        if self.connects > 1:
+            self.reconnects += 1
+        with self._lock:
+            # Start again from the oldest row not acknowledged: at least once, in order.
+            self._inflight.clear()
+            self._last_sent = 0
+        client.publish(topic(self.device_id, "status"), self._status("online"), qos=1, retain=True)
+        self.connected.set()
+        self._wake.set()
+        log.info("mqtt_connected", host=self.cfg.host, port=self.cfg.port, spool_depth=self.spool.depth())
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        self._jitter_backoff(client)
+        if was and not self._stop.is_set():
+            log.warning("mqtt_disconnected", reason=str(reason_code), spool_depth=self.spool.depth())
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        with self._lock:
+            row = self._inflight.pop(mid, None)
+        if row is not None:
+            self.spool.ack(row)
+            self.acked += 1
+            self._wake.set()
+
+    # ------------------------------------------------------------------ helpers
+    def _status(self, state: str) -> bytes:
+        return (
+            Status(
+                device_id=self.device_id,
+                state=state,  # type: ignore[arg-type]
+                seq=self.seq,
+                time=datetime.now(timezone.utc),
+                version=__version__,
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    def _jitter_backoff(self, client: Any) -> None:
+        # Jitter keeps a fleet from reconnecting in lockstep after a broker restart.
+        lo = self.cfg.reconnect_min_s * random.uniform(0.5, 1.5)
+        client.reconnect_delay_set(
+            min_delay=max(1, round(lo)), max_delay=max(1, round(self.cfg.reconnect_max_s))
+        )
