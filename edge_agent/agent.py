@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,10 @@ from .eventlog import EventLog
 from .landmarks import FrameError
 from .pipeline import FrameResult, Pipeline
 from .preview import PreviewSink, annotate
-from .protocol import Event, EventType
+from .protocol import Event, EventType, Stats, Telemetry, topic
 from .sdnotify import Notifier
+from .spool import Spool
+from .telemetry import Publisher
 
 log = structlog.get_logger(__name__)
 
@@ -86,6 +89,7 @@ class Agent:
         self.capture: CaptureThread | None = None
         self.pipeline: Pipeline | None = None
         self.events: EventLog | None = None
+        self.publisher: Publisher | None = None
         self.alerts: AlertDispatcher | None = None
         self.exit_reason = ""
         self.notifier = Notifier()
@@ -111,6 +115,10 @@ class Agent:
                 self.alerts.submit(e)
             if self.events is not None:
                 self.events.append(e)
+            if self.publisher is not None:
+                self.publisher.submit(
+                    "event", topic(self.cfg.device_id, "event"), e.model_dump_json().encode()
+                )
             if self.on_event is not None:
                 self.on_event(e)
 
@@ -184,7 +192,50 @@ class Agent:
     async def _stats_task(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.stats_interval_s)
-            log.info("stats", **self.stats())
+            stats = self.stats()
+            log.info("stats", **stats)
+            if self.publisher is not None:
+                msg = Stats(
+                    device_id=self.cfg.device_id,
+                    time=datetime.now(timezone.utc),
+                    fps=stats["fps"],
+                    frames=stats["frames"],
+                    dropped_frames=stats["dropped_frames"],
+                    bad_frames=stats["bad_frames"],
+                    latency_p50_ms=stats["latency_p50_ms"],
+                    latency_p99_ms=stats["latency_p99_ms"],
+                    reconnects=stats["reconnects"],
+                    camera_lost=stats["camera_lost"],
+                    spool_depth=self.publisher.spool.depth(),
+                    spool_evicted=self.publisher.spool.evicted(),
+                    mqtt_reconnects=self.publisher.reconnects,
+                    providers=stats["providers"],
+                    model_versions=stats["model_versions"],
+                )
+                self.publisher.publish_now(topic(self.cfg.device_id, "stats"), msg.model_dump_json().encode())
+
+    async def _telemetry_task(self) -> None:
+        """A periodic driver summary, QoS 1 through the spool."""
+        assert self.publisher is not None and self.pipeline is not None
+        while True:
+            await asyncio.sleep(self.cfg.mqtt.telemetry_interval_s)
+            d = self.pipeline.detector
+            snap = d.snapshot()
+            msg = Telemetry(
+                device_id=self.cfg.device_id,
+                time=datetime.now(timezone.utc),
+                state=d.state,
+                perclos=d.perclos,
+                blink_rate_per_min=float(snap["blink_rate_per_min"]),
+                blinks=d.blink_count,
+                baseline_ear=d.cal.baseline,
+                calibrated=d.cal.done,
+                is_drowsy=d.is_drowsy,
+                face=d.last_ear > 0,
+            )
+            self.publisher.submit(
+                "telemetry", topic(self.cfg.device_id, "telemetry"), msg.model_dump_json().encode()
+            )
 
     def status_line(self) -> str:
         d = self.pipeline.detector if self.pipeline else None
@@ -222,6 +273,13 @@ class Agent:
         self.alerts = AlertDispatcher(build_outputs(cfg.alerts, cfg.state_dir), cfg.alerts.queue_size)
         self.pipeline = Pipeline(cfg, full_landmarks=False)
         warm = self.pipeline.warm_up()
+        if cfg.mqtt.enabled:
+            spool = Spool(
+                cfg.state_dir / "spool.sqlite3",
+                max_rows=cfg.mqtt.spool_max_rows,
+                max_bytes=int(cfg.mqtt.spool_max_mb * 1024 * 1024),
+            )
+            self.publisher = Publisher(cfg.mqtt, cfg.device_id, spool).start()
         self.capture = CaptureThread(cfg.source).start()
         log.info(
             "started",
@@ -235,15 +293,21 @@ class Agent:
         )
         stats = asyncio.create_task(self._stats_task())
         sd = asyncio.create_task(self._systemd_task())
+        tele = asyncio.create_task(self._telemetry_task()) if self.publisher is not None else None
         try:
             await asyncio.to_thread(self._frame_loop)
         finally:
             self._send_stopping()
             stats.cancel()
             sd.cancel()
+            if tele is not None:
+                tele.cancel()
             self.capture.stop()
             self.alerts.close()
             self.events.close()
+            if self.publisher is not None:
+                await asyncio.to_thread(self.publisher.stop)
+                self.publisher.spool.close()
             self.pipeline.close()
             self.notifier.close()
             if self.preview is not None:

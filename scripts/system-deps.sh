@@ -10,6 +10,7 @@ ldconfig -p | grep -q 'libglib-2.0.so.0' || need+=(libglib2.0-0)
 command -v make >/dev/null || need+=(make)
 if [ "${1:-}" = "--test" ]; then
   command -v systemd-analyze >/dev/null || need+=(systemd)
+  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing system packages: ${need[*]}" >&2

