@@ -36,3 +36,11 @@ def test_example_toml_is_current_and_valid(tmp_path: Path) -> None:
     cfg = load_config(cfg_file)
     defaults = load_config(None, {"state_dir": str(tmp_path)})
     assert cfg.model_dump() == defaults.model_dump()
+
+
+def test_mqtt_doc_matches_the_protocol_models() -> None:
+    from edge_agent.mqttdoc import render
+
+    assert (REPO / "docs" / "mqtt.md").read_text() == render(), (
+        "run: python -m edge_agent.mqttdoc > docs/mqtt.md"
+    )

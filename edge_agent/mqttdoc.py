@@ -1,0 +1,63 @@
+"""Generate docs/mqtt.md from the protocol models (a test keeps the file current).
+
+python -m edge_agent.mqttdoc > docs/mqtt.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .protocol import MESSAGES, TOPIC_ROOT
+
+_TOPICS = [
+    (
+        "status",
+        "1",
+        "yes",
+        "`online` at each connect, Last Will `offline`, `stopped` on a clean exit; `seq` grows per session",
+    ),
+    (
+        "event",
+        "1",
+        "no",
+        "one alert record (`raised` / `ended`) or momentary event (`instant`); unique by `(event_id, phase)`",
+    ),
+    ("telemetry", "1", "no", "periodic driver summary (`mqtt.telemetry_interval_s`); unique by `msg_id`"),
+    ("stats", "0", "no", "runtime health every `stats_interval_s`; only the newest matters, not spooled"),
+]
+
+
+def render() -> str:
+    out = [
+        "# MQTT protocol v1",
+        "",
+        "Generated from `edge_agent/protocol.py` by `python -m edge_agent.mqttdoc` (a test fails when",
+        'this file and the models disagree). Every payload is JSON with `"v": 1`, the schema version.',
+        "",
+        "| topic | QoS | retained | what |",
+        "|---|---|---|---|",
+    ]
+    for name, qos, retain, what in _TOPICS:
+        out.append(f"| `{TOPIC_ROOT}/<device_id>/{name}` | {qos} | {retain} | {what} |")
+    out += [
+        "",
+        "The MQTT client id is the device id (unique per vehicle). Every QoS 1 message is written to",
+        "the on-disk spool (`state_dir/spool.sqlite3`) first and deleted only on PUBACK: delivery is",
+        "at least once and in order, across broker outages, daemon crashes (SIGKILL) and restarts. A",
+        "receiver must therefore store idempotently: events by `(event_id, phase)`, telemetry by",
+        "`msg_id`. When the spool is full, telemetry is evicted before events (counted in `stats`).",
+        "",
+    ]
+    for name, model in MESSAGES.items():
+        out += [f"## `{name}`", "", "```json", json.dumps(model.model_json_schema(), indent=2), "```", ""]
+    return "\n".join(out)
+
+
+def main() -> int:
+    sys.stdout.write(render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
