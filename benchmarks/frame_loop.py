@@ -69,11 +69,20 @@ def bare_pass(mesh: Any, frames: Frames) -> list[float]:
     return out
 
 
-def full_pass(pipe: Pipeline, frames: Frames, start: float, index: int) -> list[float]:
+def full_pass(pipe: Pipeline, frames: Frames, start: float, index: int, publisher: Any = None) -> list[float]:
+    """The agent's per-frame path; with ``publisher``, every event also goes to MQTT (through
+    the spool) and a telemetry message is queued every 30 frames, as the daemon does."""
+    from edge_agent.protocol import topic
+
     out = []
     for k, (t, frame) in enumerate(frames):
         t0 = time.perf_counter()
-        pipe.process(frame, start + t, index + k)
+        res = pipe.process(frame, start + t, index + k)
+        if publisher is not None:
+            for e in res.events:
+                publisher.submit("event", topic("bench", "event"), e.model_dump_json().encode())
+            if k % 30 == 0:
+                publisher.submit("telemetry", topic("bench", "telemetry"), b'{"v":1}')
         out.append(time.perf_counter() - t0)
     return out
 
@@ -122,6 +131,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating bare/full rounds over all frames")
     ap.add_argument("--minutes", type=float, default=0.0, help="then run the full path this long (RSS)")
     ap.add_argument("--realtime", action="store_true", help="also run the daemon on real-time clips")
+    ap.add_argument(
+        "--mqtt-down",
+        action="store_true",
+        help="also run the full path with MQTT on and the broker unreachable (everything spooled)",
+    )
     args = ap.parse_args()
     configure_logging("warning", "json")
 
@@ -149,9 +163,25 @@ def main() -> int:
     index = 30
     bare: list[float] = []
     full: list[float] = []
+    mqtt: list[float] = []
+    publisher = None
+    if args.mqtt_down:
+        from edge_agent.config import MqttConfig
+        from edge_agent.spool import Spool
+        from edge_agent.telemetry import Publisher
+
+        spool_path = state / "bench-spool.sqlite3"
+        spool_path.unlink(missing_ok=True)
+        publisher = Publisher(
+            MqttConfig(enabled=True, host="127.0.0.1", port=1), "bench", Spool(spool_path)
+        ).start()
+        pipe_mqtt = Pipeline(cfg)
+        full_pass(pipe_mqtt, frames[:30], 0.0, 0)
     for _ in range(args.rounds):
         bare += bare_pass(mesh, frames)
         full += full_pass(pipe, frames, clock, index)
+        if publisher is not None:
+            mqtt += full_pass(pipe_mqtt, frames, clock, index, publisher)
         clock += frames[-1][0] + 10.0
         index += len(frames)
     rss_samples: list[tuple[float, float]] = []
@@ -180,6 +210,13 @@ def main() -> int:
         # The decoded frames are held in memory for the benchmark; they are not the agent's.
         "frames_mb": round(sum(fr.nbytes for _, fr in frames) / 1e6, 1),
     }
+    if publisher is not None:
+        m = np.array(mqtt)
+        result["mqtt_down_fps"] = round(len(m) / m.sum(), 1)
+        result["mqtt_down_ratio_to_full"] = round(float(f.sum() / m.sum()), 4)
+        result["spool_depth"] = publisher.spool.depth()
+        publisher.stop(timeout=1.0)
+        pipe_mqtt.close()
     if rss_samples:
         first = rss_samples[min(len(rss_samples) - 1, 2)][1]  # after the first passes settle
         result["minutes"] = args.minutes
@@ -204,6 +241,11 @@ def main() -> int:
             f"ratio full/bare: {result['ratio']}   p99 / bare p50: {result['p99_over_bare_p50']}   "
             f"peak RSS {result['rss_mb']} MB (of which {result['frames_mb']} MB decoded frames)"
         )
+        if publisher is not None:
+            print(
+                f"(c) full path, MQTT on, broker down: {result['mqtt_down_fps']} fps, "
+                f"{result['mqtt_down_ratio_to_full']:.3f} of (b); {result['spool_depth']} messages spooled"
+            )
         if rss_samples:
             print(
                 f"RSS over {args.minutes} min: {result['rss_start_mb']} -> {result['rss_end_mb']} MB "
