@@ -75,6 +75,35 @@ def _set_metadata(model: Any, meta: dict[str, Any]) -> None:
         model.metadata_props.append(entry)
 
 
+def _meta(
+    name: str,
+    arch: str,
+    ckpt: dict[str, Any],
+    inputs: dict[str, Any],
+    outputs: dict[str, Any],
+    preprocessing: str,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """What every exported model carries in ``metadata_props``."""
+    import onnx
+    import torch
+
+    return {
+        "name": name,
+        "arch": arch,
+        "version": ckpt.get("version", "0"),
+        "input": inputs,
+        "output": outputs,
+        "preprocessing": preprocessing,
+        "training_metrics": metrics,
+        "data_sha256": ckpt.get("report", {}).get("data", {}).get("sha256", ""),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "opset": OPSET,
+    }
+
+
 def export_eye_state(
     checkpoint: Path,
     out: Path,
@@ -124,20 +153,15 @@ def export_eye_state(
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
         held = report_train.get("held_out", {}).get("model", {})
-        meta = {
-            "name": "eye_state",
-            "arch": ARCH,
-            "version": ckpt.get("version", "0"),
-            "input": {"name": INPUT, "shape": ["batch", 1, 24, 48], "dtype": "float32"},
-            "output": {"name": OUTPUT, "shape": ["batch", 1], "meaning": "P(eye closed)"},
-            "preprocessing": report_train.get("preprocessing", ""),
-            "training_metrics": {"held_out": held, "loso": report_train.get("leave_one_subject_out", [])},
-            "data_sha256": report_train.get("data", {}).get("sha256", ""),
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "opset": OPSET,
-        }
+        meta = _meta(
+            "eye_state",
+            ARCH,
+            ckpt,
+            {"name": INPUT, "shape": ["batch", 1, 24, 48], "dtype": "float32"},
+            {"name": OUTPUT, "shape": ["batch", 1], "meaning": "P(eye closed)"},
+            report_train.get("preprocessing", ""),
+            {"held_out": held, "loso": report_train.get("leave_one_subject_out", [])},
+        )
         _set_metadata(proto, meta)
         tmp_out = Path(tmp) / "fp32.onnx"
         onnx.save(proto, str(tmp_out))
@@ -268,20 +292,15 @@ def export_temporal(checkpoint: Path, out: Path, *, tolerance: float = FP32_TOLE
         proto = onnx.load(str(raw))
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-        meta = {
-            "name": "temporal",
-            "arch": ARCH,
-            "version": ckpt.get("version", "0"),
-            "input": {"x": ["batch", 1, N_FEATURES], "h": [1, "batch", HIDDEN]},
-            "output": {"y": ["batch", 1, 2], "meaning": "P(eyes closed now), drowsiness score"},
-            "preprocessing": "models.temporal.frame_vector",
-            "training_metrics": {k: report_train.get(k) for k in ("leave_one_subject_out", "held_out")},
-            "data_sha256": report_train.get("data", {}).get("sha256", ""),
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "opset": OPSET,
-        }
+        meta = _meta(
+            "temporal",
+            ARCH,
+            ckpt,
+            {"x": ["batch", 1, N_FEATURES], "h": [1, "batch", HIDDEN]},
+            {"y": ["batch", 1, 2], "meaning": "P(eyes closed now), drowsiness score"},
+            "edge_agent.features.temporal_vector",
+            {k: report_train.get(k) for k in ("leave_one_subject_out", "held_out")},
+        )
         _set_metadata(proto, meta)
         tmp_out = Path(tmp) / "temporal.onnx"
         onnx.save(proto, str(tmp_out))
