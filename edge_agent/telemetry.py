@@ -62,6 +62,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # mid -> spool row id
         self._last_sent = 0
+        self._generation = 0  # +1 per connect: a pump pass begun before a reconnect records nothing
         self._mqtt = mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -153,6 +154,7 @@ class Publisher:
             with self._lock:
                 room = self.cfg.inflight - len(self._inflight)
                 after = self._last_sent
+                generation = self._generation
             sent = 0
             if room > 0:
                 for row in self.spool.peek(room, after_id=after):
@@ -162,6 +164,10 @@ class Publisher:
                     if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
                         break
                     with self._lock:
+                        if self._generation != generation:
+                            # Reconnected meanwhile: the new session starts again from the oldest
+                            # unacknowledged row; recording this one would skip rows before it.
+                            break
                         self._inflight[info.mid] = row.id
                         self._last_sent = row.id
                     self.published += 1
@@ -180,6 +186,7 @@ class Publisher:
             self.reconnects += 1
         with self._lock:
             # Start again from the oldest row not acknowledged: at least once, in order.
+            self._generation += 1
             self._inflight.clear()
             self._last_sent = 0
         client.publish(topic(self.device_id, "status"), self._status("online"), qos=1, retain=True)

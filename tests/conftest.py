@@ -103,13 +103,16 @@ class Mosquitto:
 
         self.dir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        workdir.chmod(0o777)  # run as root, mosquitto drops to its own user to write persistence
+        # As root, mosquitto would drop to its own user, which cannot reach pytest's 0700 tmp
+        # dirs: its persistence file would silently not be written and sessions not survive a
+        # restart. Keep it root (as any other user it runs as that user).
+        run_as = "user root\n" if os.geteuid() == 0 else ""
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{run_as}persistence true\n"
             f"persistence_location {workdir}/\nlog_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
         )

@@ -118,7 +118,14 @@ def test_nothing_lost_in_order_across_a_broker_restart(broker: Any, tmp_path: Pa
             pub.submit("event", topic("bus-7", "event"), _payload(n))
         _wait(lambda: spool.depth() == 300, "300 events spooled while the broker is down")
         broker.start()
-        sub.wait_for(lambda m: set(_events(m)) >= set(range(500)))
+        try:
+            sub.wait_for(lambda m: set(_events(m)) >= set(range(500)))
+        except AssertionError:
+            missing = sorted(set(range(500)) - set(_events(sub.messages)))
+            raise AssertionError(
+                f"missing {missing[:20]} ({len(missing)}); spool depth {spool.depth()}; "
+                f"published {pub.published} acked {pub.acked} reconnects {pub.reconnects}"
+            ) from None
         _wait(lambda: spool.depth() == 0, "the spool to drain")
         got = _events(sub.messages)
         first_seen = list(dict.fromkeys(got))
