@@ -118,6 +118,10 @@ def cmd_install_service(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> EdgeConfig:
+    """The config `main` already loaded (for logging), or load it now."""
+    loaded: EdgeConfig | None = getattr(args, "loaded_config", None)
+    if loaded is not None:
+        return loaded
     overrides = parse_overrides(args.overrides)
     if extra:
         for section, values in extra.items():
@@ -276,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "replay", "eval", "check-config"):
             cfg = _load(args, {"source": {"uri": args.source}} if getattr(args, "source", None) else None)
             configure_logging(cfg.logging.level, cfg.logging.format)
+            args.loaded_config = cfg
         return COMMANDS[args.command](args)
     except ConfigError as err:
         return _die(EX_CONFIG, f"config error: {err}")
