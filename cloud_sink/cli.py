@@ -1,28 +1,104 @@
-"""`sleepsafe-sink`: the fleet sink (MQTT issue).  Today only `install-service` works: it installs
-the hardened sink unit with the same installer as the edge agent."""
+"""`sleepsafe-sink`: the fleet sink — MQTT ingest, storage, HTTP API and dashboard.
+
+Exit codes follow sysexits.h, as the edge agent's: 0 ok, 69 database unavailable, 71 API port
+not bindable, 78 config.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+import structlog
+
+from edge_agent import __version__
+from edge_agent.cli import add_install_args, cmd_install_service
+from edge_agent.config import EX_CONFIG, ConfigError, parse_overrides
+from edge_agent.logs import configure_logging
+
+from .config import SinkConfig, load_sink_config
+
+EX_UNAVAILABLE = 69
+log = structlog.get_logger(__name__)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="sleepsafe-sink", description=__doc__)
+def _die(code: int, message: str) -> int:
+    print(f"sleepsafe-sink: {message}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sleepsafe-sink", description="SleepSafe fleet sink.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "--config", type=Path, help="TOML config file (default /etc/sleepsafe/sink.toml if present)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set store.url=postgresql+psycopg://... (repeatable)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the sink (not built yet)")
-    from edge_agent.cli import add_install_args, cmd_install_service
-
+    sub.add_parser("run", help="subscribe, store and serve the API and dashboard")
+    sub.add_parser("migrate", help="bring the database schema up to date and exit")
+    sub.add_parser("check-config", help="validate the configuration and print it (secrets hidden)")
+    st = sub.add_parser("stats", help="print the stored totals as JSON")
+    st.add_argument("--dead-letters", type=int, default=0, metavar="N", help="also the newest N dead letters")
     add_install_args(
         sub.add_parser("install-service", help="install (or remove) the systemd service"), "sink"
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def _store(cfg: SinkConfig):  # type: ignore[no-untyped-def]
+    from .store import Store
+
+    return Store(cfg.database_url())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
     if args.command == "install-service":
         return cmd_install_service(args)
-    print(
-        "sleepsafe-sink: not available yet: see issue 5 (MQTT telemetry and the fleet sink)", file=sys.stderr
-    )
-    return 69  # EX_UNAVAILABLE
+    from .store import StoreError
+
+    try:
+        cfg = load_sink_config(args.config, parse_overrides(args.overrides))
+        configure_logging(cfg.logging.level, cfg.logging.format)
+        if args.command == "check-config":
+            print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+            print("config OK", file=sys.stderr)
+            return 0
+        if cfg.api.enabled and args.command == "run" and not cfg.api_tokens():
+            raise ConfigError(
+                "api: no bearer token: set api.tokens or put one per line in "
+                f"$CREDENTIALS_DIRECTORY/{cfg.api.token_credential} (or set api.enabled=false)"
+            )
+        store = _store(cfg)
+        if args.command == "migrate":
+            print(f"schema up to date: {store.safe_url}")
+            return 0
+        if args.command == "stats":
+            out = store.statistics()
+            if args.dead_letters:
+                out["dead_letters"] = store.dead_letters(args.dead_letters)
+            print(json.dumps(out, indent=2))
+            return 0
+        from .service import serve
+
+        return serve(cfg, store)
+    except ConfigError as err:
+        return _die(EX_CONFIG, f"config error: {err}")
+    except StoreError as err:
+        return _die(EX_UNAVAILABLE, str(err))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

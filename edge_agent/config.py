@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/sleepsafe/edge.toml")
+S = TypeVar("S", bound=BaseSettings)
 EX_CONFIG = 78  # sysexits.h EX_CONFIG: systemd's RestartPreventExitStatus keys on it
 
 
@@ -226,10 +227,9 @@ class ModelsConfig(_Section):
     )
 
 
-class MqttConfig(_Section):
-    enabled: bool = Field(
-        False, description="Publish events, telemetry and stats over MQTT (through the spool)."
-    )
+class BrokerConfig(_Section):
+    """How to reach the MQTT broker: shared by the edge agent and the sink."""
+
     host: str = Field("localhost", min_length=1, description="Broker host.")
     port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 for TLS, by convention).")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive.")
@@ -245,10 +245,19 @@ class MqttConfig(_Section):
     key_file: Path | None = Field(None, description="Client key (mutual TLS).")
     reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay (jittered).")
     reconnect_max_s: float = Field(60.0, gt=0, description="Reconnect delay ceiling.")
+
+
+class MqttConfig(BrokerConfig):
+    enabled: bool = Field(
+        False, description="Publish events, telemetry and stats over MQTT (through the spool)."
+    )
     inflight: int = Field(32, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK at once.")
     spool_max_rows: int = Field(100_000, ge=10, description="Spool bound, in messages.")
     spool_max_mb: float = Field(256.0, gt=0, description="Spool bound, in MB of payload.")
     telemetry_interval_s: float = Field(10.0, gt=0, description="How often a telemetry summary is queued.")
+    drain_timeout_s: float = Field(
+        5.0, ge=0, description="On a clean stop, wait up to this long for the spool to be delivered."
+    )
 
 
 class SoundConfig(_Section):
@@ -394,18 +403,21 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
-    """Load and validate.  ``path`` None means the default file, used only if it exists;
-    an explicit path that is missing is an error.  Raises :class:`ConfigError`."""
+def load_settings(
+    cls: type[S], path: Path | None, overrides: dict[str, Any] | None, default_path: Path
+) -> S:
+    """Load and validate any of our settings classes (edge agent, sink).  ``path`` None means
+    ``default_path``, used only if it exists; an explicit path that is missing is an error.
+    Raises :class:`ConfigError` with one line naming the field."""
     toml: Path | None
     if path is None:
-        toml = DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+        toml = default_path if default_path.is_file() else None
     else:
         if not path.is_file():
             raise ConfigError(f"config file {path}: not found")
         toml = path
 
-    class _FromFile(EdgeConfig):
+    class _FromFile(cls):  # type: ignore[valid-type,misc]
         model_config = SettingsConfigDict(toml_file=toml)
 
     try:
@@ -415,4 +427,9 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise ConfigError(f"{where}{_format_validation_error(err)}") from None
     except (OSError, ValueError) as err:  # TOML syntax errors are ValueErrors
         raise ConfigError(f"config file {toml}: {err}") from None
-    return cfg
+    return cfg  # type: ignore[no-any-return]
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
+    """The edge agent's configuration (see :func:`load_settings`)."""
+    return load_settings(EdgeConfig, path, overrides, DEFAULT_CONFIG_PATH)

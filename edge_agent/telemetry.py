@@ -24,14 +24,14 @@ from typing import Any
 import structlog
 
 from . import __version__
-from .config import MqttConfig
+from .config import BrokerConfig, MqttConfig
 from .protocol import Status, topic
 from .spool import Spool
 
 log = structlog.get_logger(__name__)
 
 
-def resolve_password(cfg: MqttConfig) -> str | None:
+def resolve_password(cfg: BrokerConfig) -> str | None:
     if cfg.password:
         return cfg.password
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -41,6 +41,31 @@ def resolve_password(cfg: MqttConfig) -> str | None:
             text = path.read_text().strip()
             return text or None
     return None
+
+
+def new_client(cfg: BrokerConfig, client_id: str, **kwargs: Any) -> Any:
+    """A paho 2.x MQTT 5 client with credentials and TLS from ``cfg``; the edge publisher and the
+    sink both connect this way."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, **kwargs)
+    if cfg.username:
+        c.username_pw_set(cfg.username, resolve_password(cfg))
+    if cfg.ca_file:
+        c.tls_set(
+            ca_certs=str(cfg.ca_file),
+            certfile=str(cfg.cert_file) if cfg.cert_file else None,
+            keyfile=str(cfg.key_file) if cfg.key_file else None,
+        )
+    return c
+
+
+def jitter_backoff(client: Any, cfg: BrokerConfig) -> None:
+    """Jitter keeps a fleet (or a row of sinks) from reconnecting in lockstep after a broker
+    restart; called again after each disconnect so every attempt gets a new draw."""
+    lo = cfg.reconnect_min_s * random.uniform(0.5, 1.5)
+    client.reconnect_delay_set(min_delay=max(1, round(lo)), max_delay=max(1, round(cfg.reconnect_max_s)))
 
 
 class Publisher:
@@ -64,20 +89,10 @@ class Publisher:
         self._last_sent = 0
         self._generation = 0  # +1 per connect: a pump pass begun before a reconnect records nothing
         self._mqtt = mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
+        c = new_client(cfg, device_id)
         c.will_set(topic(device_id, "status"), self._status("offline"), qos=1, retain=True)
-        if cfg.username:
-            c.username_pw_set(cfg.username, resolve_password(cfg))
-        if cfg.ca_file:
-            c.tls_set(
-                ca_certs=str(cfg.ca_file),
-                certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                keyfile=str(cfg.key_file) if cfg.key_file else None,
-            )
         c.max_inflight_messages_set(cfg.inflight)
-        self._jitter_backoff(c)
+        jitter_backoff(c, cfg)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -101,6 +116,13 @@ class Publisher:
         cleanly (no Last Will).  Whatever is not acknowledged stays in the spool for next time."""
         self._inbox.put(None)
         self._writer.join(timeout=timeout)
+        # Give what is spooled a chance to leave now (within the unit's stop timeout); what
+        # does not make it stays in the spool for the next start.
+        deadline = threading.Event()
+        waited = 0.0
+        while self.connected.is_set() and self.spool.depth() > 0 and waited < self.cfg.drain_timeout_s:
+            deadline.wait(0.05)
+            waited += 0.05
         self._stop.set()
         self._wake.set()
         self._pump.join(timeout=timeout)
@@ -199,7 +221,7 @@ class Publisher:
     ) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        self._jitter_backoff(client)
+        jitter_backoff(client, self.cfg)
         if was and not self._stop.is_set():
             log.warning("mqtt_disconnected", reason=str(reason_code), spool_depth=self.spool.depth())
 
@@ -223,11 +245,4 @@ class Publisher:
             )
             .model_dump_json()
             .encode()
-        )
-
-    def _jitter_backoff(self, client: Any) -> None:
-        # Jitter keeps a fleet from reconnecting in lockstep after a broker restart.
-        lo = self.cfg.reconnect_min_s * random.uniform(0.5, 1.5)
-        client.reconnect_delay_set(
-            min_delay=max(1, round(lo)), max_delay=max(1, round(self.cfg.reconnect_max_s))
         )

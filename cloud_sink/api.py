@@ -1,0 +1,222 @@
+"""HTTP API and dashboard (FastAPI).
+
+Everything but ``/health``, the static dashboard page (which holds no data: it asks the API
+with the token the user gives it) and the OpenAPI docs needs ``Authorization: Bearer <token>``.
+Requests are rate-limited per token (moving window, ``limits``), so one runaway dashboard or
+script cannot starve the ingest of database time.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations, which refer
+# to names local to create_app (the token check, the configured page size).
+
+import hashlib
+import hmac
+import time
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import parse as parse_limit
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import text
+
+from edge_agent import __version__
+from edge_agent.protocol import EventType
+
+from .config import SinkConfig
+from .ingest import Ingest, Metrics
+from .store import Store
+from .validate import DEVICE_RE
+
+log = structlog.get_logger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+DEVICE_PATTERN = DEVICE_RE.pattern
+
+
+class _StoreCollector(Collector):
+    """Row counts and devices online, read at scrape time."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Any:
+        try:
+            counts = self.store.counts()
+            devices = self.store.devices()
+        except Exception as err:  # noqa: BLE001 - a scrape must not fail because the DB is down
+            log.warning("metrics_store_unavailable", error=str(err)[:200])
+            return
+        rows = GaugeMetricFamily("sleepsafe_sink_rows", "Rows stored, per table", labels=["table"])
+        for name, n in counts.items():
+            rows.add_metric([name], n)
+        yield rows
+        online = GaugeMetricFamily("sleepsafe_sink_devices", "Known vehicles by status", labels=["status"])
+        by: dict[str, int] = {}
+        for d in devices:
+            by[d["status"] or "unknown"] = by.get(d["status"] or "unknown", 0) + 1
+        for status, n in sorted(by.items()):
+            online.add_metric([status], n)
+        yield online
+        spool = GaugeMetricFamily(
+            "sleepsafe_device_spool_depth", "Spool depth reported by each vehicle", labels=["device"]
+        )
+        fps = GaugeMetricFamily(
+            "sleepsafe_device_fps", "Frame rate reported by each vehicle", labels=["device"]
+        )
+        for d in devices:
+            if d["spool_depth"] is not None:
+                spool.add_metric([d["device_id"]], d["spool_depth"])
+            if d["fps"] is not None:
+                fps.add_metric([d["device_id"]], d["fps"])
+        yield spool
+        yield fps
+
+
+def _plotly_js() -> Path:
+    return Path(str(resources.files("plotly") / "package_data" / "plotly.min.js"))
+
+
+def create_app(
+    cfg: SinkConfig, store: Store, ingest: Ingest | None = None, metrics: Metrics | None = None
+) -> FastAPI:
+    tokens = cfg.api_tokens()
+    if not tokens:
+        raise ValueError(
+            "api: no bearer token configured: set api.tokens or put one per line in "
+            f"$CREDENTIALS_DIRECTORY/{cfg.api.token_credential} (or api.enabled=false)"
+        )
+    digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+    limiter = MovingWindowRateLimiter(MemoryStorage())
+    limit = parse_limit(cfg.api.rate_limit)
+    metrics = metrics or (ingest.metrics if ingest else Metrics())
+    metrics.registry.register(_StoreCollector(store))
+    bearer = HTTPBearer(auto_error=False)
+
+    app = FastAPI(
+        title="SleepSafe fleet sink",
+        version=__version__,
+        description="Events, telemetry and health of the SleepSafe Edge fleet. "
+        "Authenticate with `Authorization: Bearer <token>`; requests are rate-limited per token.",
+    )
+
+    def auth(
+        response: Response, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> str:
+        if cred is None or cred.scheme.lower() != "bearer":
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        got = hashlib.sha256(cred.credentials.encode()).digest()
+        if not any(hmac.compare_digest(got, d) for d in digests):
+            raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+        key = got.hex()[:16]
+        if not limiter.hit(limit, key):
+            reset, _remaining = limiter.get_window_stats(limit, key)
+            retry = max(1, int(reset - time.time()) + 1)
+            raise HTTPException(
+                429, f"rate limit {cfg.api.rate_limit} exceeded", headers={"Retry-After": str(retry)}
+            )
+        return key
+
+    Auth = Annotated[str, Depends(auth)]
+    Device = Annotated[str | None, Query(pattern=DEVICE_PATTERN, max_length=64, description="Vehicle id.")]
+    Hours = Annotated[int, Query(ge=1, le=24 * 90, description="Look back this many hours.")]
+
+    @app.get("/health", tags=["health"], summary="Liveness and readiness (no token needed)")
+    def health(response: Response) -> dict[str, Any]:
+        db_ok = True
+        try:
+            with store.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - reported, not raised
+            db_ok = False
+        out = {
+            "status": "ok" if db_ok else "degraded",
+            "database": "ok" if db_ok else "unreachable",
+            "mqtt_connected": bool(ingest and ingest.connected.is_set()),
+            "version": __version__,
+        }
+        if not db_ok:
+            response.status_code = 503
+        return out
+
+    @app.get("/statistics", tags=["fleet"], summary="Totals: rows, events by type, dead letters")
+    def statistics(_: Auth) -> dict[str, Any]:
+        out = store.statistics()
+        out["ingest"] = dict(ingest.totals) if ingest else {}
+        return out
+
+    @app.get("/dashboard", tags=["fleet"], summary="Fleet summary the dashboard page draws")
+    def dashboard(_: Auth, hours: Hours = 24) -> dict[str, Any]:
+        return store.dashboard(hours)
+
+    @app.get("/dashboard/timeline", tags=["fleet"], summary="One vehicle's alerts and telemetry over time")
+    def timeline(
+        _: Auth,
+        device: Annotated[str, Query(pattern=DEVICE_PATTERN, max_length=64)],
+        hours: Hours = 24,
+    ) -> dict[str, Any]:
+        return store.timeline(device, hours)
+
+    @app.get("/events/recent", tags=["events"], summary="The newest events stored")
+    def recent(_: Auth, limit: Annotated[int, Query(ge=1, le=cfg.api.max_page)] = 50) -> list[dict[str, Any]]:
+        return store.recent_events(limit)
+
+    @app.get("/events", tags=["events"], summary="Events by vehicle, type and time")
+    def events(
+        _: Auth,
+        device: Device = None,
+        type: Annotated[EventType | None, Query(description="Event type.")] = None,
+        since: Annotated[datetime | None, Query(description="ISO 8601; events starting at or after.")] = None,
+        until: Annotated[datetime | None, Query(description="ISO 8601; events starting before.")] = None,
+        limit: Annotated[int, Query(ge=1, le=cfg.api.max_page)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> list[dict[str, Any]]:
+        return store.events(
+            device=device,
+            type_=type.value if type else None,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+        )
+
+    @app.get("/devices", tags=["fleet"], summary="Vehicles: last seen, online, spool depth, models")
+    def devices(_: Auth) -> list[dict[str, Any]]:
+        return store.devices()
+
+    @app.get("/dead-letters", tags=["fleet"], summary="Rejected messages with the reason")
+    def dead_letters(_: Auth, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+        return store.dead_letters(limit)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    def prometheus(_: Auth) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui")
+
+    page = (STATIC / "dashboard.html").read_text().replace("{{REFRESH_S}}", str(cfg.api.dashboard_refresh_s))
+
+    @app.get("/ui", include_in_schema=False)
+    def ui() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str, request: Request) -> FileResponse:
+        if name == "plotly.min.js":
+            return FileResponse(_plotly_js(), media_type="text/javascript")
+        path = STATIC / name
+        if name not in ("dashboard.js", "dashboard.css") or not path.is_file():
+            raise HTTPException(404, "not found")
+        return FileResponse(path)
+
+    return app

@@ -1,0 +1,143 @@
+"""Typed configuration of the fleet sink: TOML file < environment (``SLEEPSAFE_SINK_*``) < ``--set``.
+
+Same rules as the edge agent (unknown keys are errors, one-line messages, exit 78); the broker
+section is the edge agent's :class:`~edge_agent.config.BrokerConfig` plus what only a
+subscriber needs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from edge_agent.config import BrokerConfig, LoggingConfig, _Section, load_settings
+
+DEFAULT_SINK_CONFIG_PATH = Path("/etc/sleepsafe/sink.toml")
+
+
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/sleepsafe-sink"))
+
+
+class SinkMqttConfig(BrokerConfig):
+    client_id: str = Field(
+        "sleepsafe-sink-0",
+        min_length=1,
+        max_length=64,
+        description="MQTT client id; unique per sink process (its persistent session is kept by it).",
+    )
+    group: str = Field(
+        "sleepsafe-sink",
+        min_length=1,
+        pattern=r"^[^/+#]+$",
+        description="Shared-subscription group: sinks in one group split the traffic.",
+    )
+    session_expiry_s: int = Field(
+        7 * 24 * 3600,
+        ge=0,
+        description="How long the broker keeps this sink's session (and queues its messages) "
+        "while it is down.",
+    )
+    receive_maximum: int = Field(
+        1000, ge=1, le=65535, description="Unacknowledged QoS 1 messages the broker may send at once."
+    )
+
+
+class StoreConfig(_Section):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (unset: SQLite "
+        "sink.sqlite3 in state_dir).",
+    )
+    batch_max: int = Field(2000, ge=1, le=100_000, description="Most messages written per transaction.")
+    max_payload_bytes: int = Field(
+        256 * 1024, ge=1024, description="Larger payloads are dead-lettered without being parsed."
+    )
+
+
+class ApiConfig(_Section):
+    enabled: bool = Field(True, description="Serve the HTTP API and the dashboard.")
+    host: str = Field("127.0.0.1", description="Listen address (put a TLS proxy in front).")
+    port: int = Field(8080, ge=0, le=65535, description="Listen port (0: any free port, logged).")
+    tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens accepted by the API; prefer `token_credential`.",
+    )
+    token_credential: str = Field(
+        "api-token",
+        description="File in $CREDENTIALS_DIRECTORY holding tokens, one per line (systemd LoadCredential=).",
+    )
+    rate_limit: str = Field(
+        "600/minute",
+        description="Requests allowed per token, in the `limits` notation (e.g. 10/second).",
+    )
+    max_page: int = Field(1000, ge=1, le=100_000, description="Most rows one /events request returns.")
+    dashboard_refresh_s: float = Field(5.0, gt=0, description="How often the dashboard page refreshes.")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_limit(cls, v: str) -> str:
+        from limits import parse
+
+        try:
+            parse(v)
+        except ValueError:
+            raise ValueError("expected e.g. '600/minute' or '10/second'") from None
+        return v
+
+
+class SinkConfig(BaseSettings):
+    """Everything the sink reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLEEPSAFE_SINK_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    state_dir: Path = Field(
+        default_factory=_default_state_dir, description="SQLite database (when no store.url)."
+    )
+    mqtt: SinkMqttConfig = Field(default_factory=SinkMqttConfig)  # type: ignore[arg-type]
+    store: StoreConfig = Field(default_factory=StoreConfig)  # type: ignore[arg-type]
+    api: ApiConfig = Field(default_factory=ApiConfig)  # type: ignore[arg-type]
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
+    stats_interval_s: float = Field(30.0, gt=0, description="How often ingest counters are logged.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def database_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.state_dir / 'sink.sqlite3'}"
+
+    def api_tokens(self) -> list[str]:
+        """Configured tokens plus those in the credential file (blank lines and # comments skipped)."""
+        tokens = [t.get_secret_value() for t in self.api.tokens]
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds:
+            path = Path(creds) / self.api.token_credential
+            if path.is_file():
+                for raw in path.read_text().splitlines():
+                    line = raw.strip()
+                    if line and not line.startswith("#"):
+                        tokens.append(line)
+        return [t for t in tokens if t]
+
+
+def load_sink_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> SinkConfig:
+    return load_settings(SinkConfig, path, overrides, DEFAULT_SINK_CONFIG_PATH)

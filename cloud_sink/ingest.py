@@ -1,0 +1,230 @@
+"""MQTT ingest: a shared subscription with a persistent session, acknowledged only after commit.
+
+paho runs in manual-ack mode: a QoS 1 message is acknowledged (PUBACK) only once the
+transaction holding it has committed.  If the sink dies between receiving and committing, the
+broker still holds the message for this sink's session and delivers it again after the restart;
+storage is idempotent, so the redelivery is stored once.  If the database is down, the batch is
+retried (never dropped) and, since nothing is acknowledged, the broker stops sending at
+``receive_maximum`` unacknowledged messages and queues the rest.
+
+The network thread only appends to a deque; one writer thread validates, writes in batches
+(group commit: whatever arrived while the last batch was written) and acknowledges in order.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from edge_agent.protocol import TOPIC_ROOT
+from edge_agent.telemetry import jitter_backoff, new_client
+
+from .config import SinkConfig
+from .store import Store, one_line
+from .validate import Rejected, Valid, validate
+
+log = structlog.get_logger(__name__)
+
+# Retained model releases the sink itself publishes live here: not telemetry, never dead letters.
+FLEET_PREFIX = f"{TOPIC_ROOT}/fleet/"
+
+
+class Metrics:
+    """Ingest counters, on the sink's own registry (served at /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.received = Counter("sleepsafe_sink_received", "MQTT messages received", ["kind"], registry=r)
+        self.stored = Counter("sleepsafe_sink_stored", "New rows stored", ["kind"], registry=r)
+        self.duplicates = Counter("sleepsafe_sink_duplicates", "Redeliveries already stored", registry=r)
+        self.dead = Counter("sleepsafe_sink_dead_letters", "Messages rejected", ["code"], registry=r)
+        self.db_errors = Counter("sleepsafe_sink_db_errors", "Failed batch writes (retried)", registry=r)
+        self.batch = Histogram(
+            "sleepsafe_sink_batch_seconds",
+            "Validate + write + commit time per batch",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "sleepsafe_sink_batch_messages",
+            "Messages per batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=r,
+        )
+        self.queue = Gauge("sleepsafe_sink_queue_depth", "Received, not yet committed", registry=r)
+        self.connected = Gauge("sleepsafe_sink_mqtt_connected", "1 while connected to the broker", registry=r)
+        self.reconnects = Counter("sleepsafe_sink_mqtt_reconnects", "Reconnects to the broker", registry=r)
+
+
+class Ingest:
+    def __init__(self, cfg: SinkConfig, store: Store, metrics: Metrics | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.metrics = metrics or Metrics()
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.committed = 0  # messages committed (valid or dead-lettered), for tests and stats
+        self.totals: dict[str, int] = collections.Counter()
+        self._q: collections.deque[tuple[str, bytes, int, int, int]] = collections.deque()
+        self._cv = threading.Condition()
+        self._stop = threading.Event()
+        self._generation = 0
+        self._connects = 0
+        c = new_client(cfg.mqtt, cfg.mqtt.client_id, manual_ack=True)
+        jitter_backoff(c, cfg.mqtt)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        self.client = c
+        self._writer = threading.Thread(target=self._write_loop, name="sink-writer", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Ingest:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.cfg.mqtt.session_expiry_s
+        props.ReceiveMaximum = self.cfg.mqtt.receive_maximum
+        self._writer.start()
+        self.client.connect_async(
+            self.cfg.mqtt.host,
+            self.cfg.mqtt.port,
+            keepalive=self.cfg.mqtt.keepalive_s,
+            clean_start=False,
+            properties=props,
+        )
+        self.client.loop_start()
+        log.info(
+            "sink_mqtt_starting",
+            host=self.cfg.mqtt.host,
+            port=self.cfg.mqtt.port,
+            client_id=self.cfg.mqtt.client_id,
+            group=self.cfg.mqtt.group,
+        )
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Commit and acknowledge what was received, then disconnect; the session (and whatever
+        the broker queues for it meanwhile) stays on the broker for the next start."""
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        self._writer.join(timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # ------------------------------------------------------------------ paho callbacks
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("sink_mqtt_connect_refused", reason=str(reason_code))
+            return
+        self._connects += 1
+        if self._connects > 1:
+            self.metrics.reconnects.inc()
+        with self._cv:
+            # Acks of the old connection are void: the broker redelivers those messages.
+            self._generation += 1
+        g = self.cfg.mqtt.group
+        # Shared: the group splits events/telemetry/stats.  Status also directly, so every sink
+        # gets the retained status of every vehicle at start (retained messages are never sent
+        # to shared subscriptions); the duplicates are idempotent.
+        client.subscribe([(f"$share/{g}/{TOPIC_ROOT}/#", 1), (f"{TOPIC_ROOT}/+/status", 1)])
+        self.connected.set()
+        self.metrics.connected.set(1)
+        log.info("sink_mqtt_connected", session_present=bool(getattr(flags, "session_present", False)))
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        bad = [str(rc) for rc in reason_codes if rc.is_failure]
+        if bad:
+            log.error("sink_subscribe_refused", reasons=bad)
+            return
+        self.subscribed.set()
+        log.info("sink_subscribed", group=self.cfg.mqtt.group)
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        self.connected.clear()
+        self.metrics.connected.set(0)
+        jitter_backoff(client, self.cfg.mqtt)
+        if not self._stop.is_set():
+            log.warning("sink_mqtt_disconnected", reason=str(reason_code))
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._cv:
+            self._q.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation))
+            self._cv.notify()
+
+    # ------------------------------------------------------------------ writer
+    def _write_loop(self) -> None:
+        max_bytes = self.cfg.store.max_payload_bytes
+        batch_max = self.cfg.store.batch_max
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: bool(self._q) or self._stop.is_set())
+                if not self._q and self._stop.is_set():
+                    return
+                n = min(len(self._q), batch_max)
+                batch = [self._q.popleft() for _ in range(n)]
+                self.metrics.queue.set(len(self._q))
+            t0 = time.perf_counter()
+            items: list[Valid | Rejected] = []
+            acks: list[tuple[int, int, int]] = []
+            for topic, payload, mid, qos, gen in batch:
+                if qos:
+                    acks.append((mid, qos, gen))
+                if topic.startswith(FLEET_PREFIX):
+                    continue
+                items.append(validate(topic, payload, max_bytes))
+            if not self._commit(items):
+                return  # stopping with the database down: unacknowledged, so redelivered later
+            with self._cv:
+                current = self._generation
+            for mid, qos, gen in acks:
+                if gen == current:
+                    self.client.ack(mid, qos)
+            self.metrics.batch.observe(time.perf_counter() - t0)
+            self.metrics.batch_size.observe(len(batch))
+
+    def _commit(self, items: list[Valid | Rejected]) -> bool:
+        delay = 0.5
+        while True:
+            try:
+                res = self.store.write(items)
+                break
+            except Exception as err:  # noqa: BLE001 - the database may be down: retry, never drop
+                self.metrics.db_errors.inc()
+                log.error("sink_write_failed", error=one_line(err), retry_in_s=delay)
+                if self._stop.wait(delay):
+                    log.error("sink_stopping_with_uncommitted", messages=len(items))
+                    return False
+                delay = min(delay * 2, 30.0)
+        rejected = [it for it in items if isinstance(it, Rejected)]
+        for it in items:
+            if isinstance(it, Rejected):
+                self.metrics.dead.labels(it.code).inc()
+            else:
+                self.metrics.received.labels(it.kind).inc()
+        if rejected:  # one line per batch, not per message: a flood must not flood the journal
+            first = rejected[0]
+            log.warning(
+                "sink_dead_letters", count=len(rejected), topic=first.topic[:120], reason=first.reason[:200]
+            )
+        for kind, n in res.stored.items():
+            if n:
+                self.metrics.stored.labels(kind).inc(n)
+                self.totals[kind] += n
+        if res.duplicates:
+            self.metrics.duplicates.inc(res.duplicates)
+        self.totals["duplicates"] += res.duplicates
+        self.totals["dead_letters"] += res.dead_letters
+        self.committed += len(items)
+        return True

@@ -1,0 +1,126 @@
+"""The sink's tables (SQLAlchemy Core).  Changes here need an Alembic revision
+(``alembic -c cloud_sink/alembic.ini revision --autogenerate -m "..."``); a test fails when the
+migrations and these tables disagree, on SQLite and on PostgreSQL.
+
+All times are stored as naive UTC: SQLite has no time zones, and one rule for both back ends
+keeps queries identical.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False),
+    Column("phase", String(8), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("start_time", DateTime, nullable=False),
+    Column("raised_time", DateTime),
+    Column("end_time", DateTime),
+    Column("duration_ms", Integer),
+    Column("ear_value", Float),
+    Column("openness", Float),
+    Column("is_drowsy", Boolean, nullable=False),
+    Column("perclos", Float),
+    Column("model_versions", JSON, nullable=False),
+    Column("features", JSON, nullable=False),
+    Column("stored_at", DateTime, nullable=False),
+    UniqueConstraint("event_id", "phase", name="uq_events_event_id_phase"),
+    Index("ix_events_device_start", "device_id", "start_time"),
+    Index("ix_events_type_start", "type", "start_time"),
+    Index("ix_events_start", "start_time"),
+)
+
+telemetry = Table(
+    "telemetry",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("msg_id", String(36), nullable=False, unique=True),
+    Column("device_id", String(64), nullable=False),
+    Column("time", DateTime, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("perclos", Float, nullable=False),
+    Column("blink_rate_per_min", Float, nullable=False),
+    Column("blinks", Integer, nullable=False),
+    Column("baseline_ear", Float, nullable=False),
+    Column("calibrated", Boolean, nullable=False),
+    Column("is_drowsy", Boolean, nullable=False),
+    Column("face", Boolean, nullable=False),
+    Column("stored_at", DateTime, nullable=False),
+    Index("ix_telemetry_device_time", "device_id", "time"),
+    Index("ix_telemetry_time", "time"),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("first_seen", DateTime, nullable=False),
+    Column("last_seen", DateTime, nullable=False),
+    Column("status", String(8)),
+    Column("status_seq", Integer),
+    Column("status_rank", Integer),
+    Column("status_time", DateTime),
+    Column("agent_version", String(32)),
+    Column("stats_time", DateTime),
+    Column("fps", Float),
+    Column("spool_depth", Integer),
+    Column("providers", JSON),
+    Column("model_versions", JSON),
+    Column("stats", JSON),
+)
+
+status_log = Table(
+    "status_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("time", DateTime, nullable=False),
+    Column("stored_at", DateTime, nullable=False),
+    UniqueConstraint("device_id", "seq", "state", name="uq_status_log_device_seq_state"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("topic", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("first_seen", DateTime, nullable=False),
+    Column("last_seen", DateTime, nullable=False),
+    Column("times_seen", Integer, nullable=False),
+    Index("ix_dead_letters_last_seen", "last_seen"),
+)

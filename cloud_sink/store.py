@@ -1,0 +1,545 @@
+"""Storage through SQLAlchemy 2 Core: SQLite (WAL) by default, PostgreSQL by URL.
+
+One transaction per batch of validated messages.  Every insert is idempotent by the message's
+own key (``(event_id, phase)`` for events, ``msg_id`` for telemetry, ``(device, seq, state)``
+for status), using ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, so a QoS 1 redelivery — or
+two sinks racing on one message — is stored once, and the counts of what was new are exact.
+Device status is applied only when it is newer (session number, then online < offline/stopped),
+so a stale Last Will arriving late never marks a live vehicle offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine, Integer, and_, create_engine, event, func, or_, select, update
+from sqlalchemy.engine import Connection
+
+from edge_agent.protocol import Event, Stats, Status, Telemetry
+
+from . import schema
+from .validate import Rejected, Valid
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_STATUS_RANK = {"online": 0, "offline": 1, "stopped": 1}
+
+
+def utc(dt: datetime | None) -> datetime | None:
+    """Aware → naive UTC (the storage rule); naive times are taken as UTC already."""
+    if dt is None or dt.tzinfo is None:
+        return dt
+    return dt.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def one_line(err: BaseException) -> str:
+    """A database error as one line: the driver's own message, without SQLAlchemy's
+    multi-line decoration."""
+    orig = getattr(err, "orig", None) or err
+    text = " ".join(x.strip() for x in str(orig).splitlines() if x.strip())
+    return f"{orig.__class__.__name__}: {text}"[:500]
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(slots=True)
+class WriteResult:
+    stored: dict[str, int] = field(
+        default_factory=lambda: {"event": 0, "telemetry": 0, "status": 0, "stats": 0}
+    )
+    duplicates: int = 0
+    dead_letters: int = 0
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def _insert(conn: Connection) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (both have it, with the same API)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+class Store:
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        try:
+            if url.startswith("sqlite"):
+                path = url.split(":///", 1)[1] if ":///" in url else ""
+                if path and path != ":memory:":
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self.engine: Engine = create_engine(url, connect_args={"timeout": 30})
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            elif url.startswith("postgresql"):
+                self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            else:
+                raise StoreError(
+                    f"store.url {url!r}: only sqlite:/// and postgresql+psycopg:// are supported"
+                )
+            if migrate:
+                self.migrate()
+        except StoreError:
+            raise
+        except Exception as err:  # one line naming the database, not a traceback
+            raise StoreError(f"database {self.safe_url}: {one_line(err)}") from err
+
+    @property
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True) if hasattr(self, "engine") else self.url
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (idempotent; run at every start)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ writes
+    def write(self, items: Sequence[Valid | Rejected], now: datetime | None = None) -> WriteResult:
+        """Store one batch in one transaction.  Raises on a database failure (the caller then
+        does not acknowledge the batch, so the broker delivers it again)."""
+        now = now or now_utc()
+        res = WriteResult()
+        ev: list[dict[str, Any]] = []
+        tele: list[dict[str, Any]] = []
+        statuses: list[Status] = []
+        stats: list[Stats] = []
+        dead: dict[str, dict[str, Any]] = {}
+        seen: dict[str, datetime] = {}
+        for it in items:
+            if isinstance(it, Rejected):
+                digest = hashlib.sha256(it.topic.encode() + b"\0" + it.payload).hexdigest()
+                if digest in dead:
+                    dead[digest]["times_seen"] += 1
+                    continue
+                dead[digest] = {
+                    "digest": digest,
+                    "topic": it.topic[:1024],
+                    "reason": it.reason[:2000],
+                    "payload": it.payload[: 256 * 1024],
+                    "size": len(it.payload),
+                    "first_seen": now,
+                    "last_seen": now,
+                    "times_seen": 1,
+                }
+                continue
+            seen[it.device_id] = now
+            m = it.msg
+            if isinstance(m, Event):
+                ev.append(_event_row(m, now))
+            elif isinstance(m, Telemetry):
+                tele.append(_telemetry_row(m, now))
+            elif isinstance(m, Status):
+                statuses.append(m)
+            elif isinstance(m, Stats):
+                stats.append(m)
+        with self.engine.begin() as conn:
+            insert = _insert(conn)
+            if seen:
+                rows = [{"device_id": d, "first_seen": t, "last_seen": t} for d, t in sorted(seen.items())]
+                stmt = insert(schema.devices)
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["device_id"], set_={"last_seen": stmt.excluded.last_seen}
+                    ),
+                    rows,
+                )
+            if ev:
+                got = conn.execute(
+                    insert(schema.events)
+                    .on_conflict_do_nothing(index_elements=["event_id", "phase"])
+                    .returning(schema.events.c.id),
+                    ev,
+                ).all()
+                res.stored["event"] = len(got)
+                res.duplicates += len(ev) - len(got)
+            if tele:
+                got = conn.execute(
+                    insert(schema.telemetry)
+                    .on_conflict_do_nothing(index_elements=["msg_id"])
+                    .returning(schema.telemetry.c.id),
+                    tele,
+                ).all()
+                res.stored["telemetry"] = len(got)
+                res.duplicates += len(tele) - len(got)
+            for s in statuses:
+                res.stored["status"] += self._apply_status(conn, insert, s, now)
+            for st in stats:
+                res.stored["stats"] += self._apply_stats(conn, st)
+            if dead:
+                stmt = insert(schema.dead_letters)
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["digest"],
+                        set_={
+                            "times_seen": schema.dead_letters.c.times_seen + stmt.excluded.times_seen,
+                            "last_seen": stmt.excluded.last_seen,
+                        },
+                    ),
+                    list(dead.values()),
+                )
+                res.dead_letters = sum(d["times_seen"] for d in dead.values())
+        return res
+
+    @staticmethod
+    def _apply_status(conn: Connection, insert: Any, s: Status, now: datetime) -> int:
+        got = conn.execute(
+            insert(schema.status_log)
+            .on_conflict_do_nothing(index_elements=["device_id", "seq", "state"])
+            .returning(schema.status_log.c.id),
+            [
+                {
+                    "device_id": s.device_id,
+                    "seq": s.seq,
+                    "state": s.state,
+                    "time": utc(s.time),
+                    "stored_at": now,
+                }
+            ],
+        ).all()
+        d = schema.devices.c
+        rank = _STATUS_RANK[s.state]
+        conn.execute(
+            update(schema.devices)
+            .where(
+                d.device_id == s.device_id,
+                or_(
+                    d.status_seq.is_(None),
+                    d.status_seq < s.seq,
+                    and_(d.status_seq == s.seq, d.status_rank <= rank),
+                ),
+            )
+            .values(
+                status=s.state,
+                status_seq=s.seq,
+                status_rank=rank,
+                status_time=utc(s.time),
+                agent_version=s.version,
+            )
+        )
+        return len(got)
+
+    @staticmethod
+    def _apply_stats(conn: Connection, st: Stats) -> int:
+        d = schema.devices.c
+        t = utc(st.time)
+        r = conn.execute(
+            update(schema.devices)
+            .where(d.device_id == st.device_id, or_(d.stats_time.is_(None), d.stats_time < t))
+            .values(
+                stats_time=t,
+                fps=st.fps,
+                spool_depth=st.spool_depth,
+                providers=st.providers,
+                model_versions=st.model_versions,
+                stats=st.model_dump(mode="json", exclude={"v", "device_id"}),
+            )
+        )
+        return int(r.rowcount or 0)
+
+    # ------------------------------------------------------------------ reads
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {
+                name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+                for name, t in (
+                    ("events", schema.events),
+                    ("telemetry", schema.telemetry),
+                    ("devices", schema.devices),
+                    ("status_log", schema.status_log),
+                    ("dead_letters", schema.dead_letters),
+                )
+            }
+
+    def events(
+        self,
+        *,
+        device: str | None = None,
+        type_: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        e = schema.events.c
+        q = select(schema.events)
+        if device:
+            q = q.where(e.device_id == device)
+        if type_:
+            q = q.where(e.type == type_)
+        if since:
+            q = q.where(e.start_time >= utc(since))
+        if until:
+            q = q.where(e.start_time < utc(until))
+        order = (e.start_time.desc(), e.id.desc()) if newest_first else (e.start_time, e.id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.order_by(*order).limit(limit).offset(offset)).mappings().all()
+        return [_event_out(r) for r in rows]
+
+    def recent_events(self, limit: int = 50) -> list[dict[str, Any]]:
+        e = schema.events.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(schema.events).order_by(e.id.desc()).limit(limit)).mappings().all()
+        return [_event_out(r) for r in rows]
+
+    def devices(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(schema.devices).order_by(schema.devices.c.device_id)).mappings().all()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d.pop("status_rank", None)
+            d["online"] = d["status"] == "online"
+            out.append(_times_out(d))
+        return out
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        c = schema.dead_letters.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(schema.dead_letters).order_by(c.last_seen.desc(), c.id.desc()).limit(limit)
+            )
+            out = []
+            for r in rows.mappings():
+                d = dict(r)
+                raw: bytes = d.pop("payload")
+                d["payload_preview"] = raw[:200].decode("utf-8", "replace")
+                out.append(_times_out(d))
+        return out
+
+    def statistics(self) -> dict[str, Any]:
+        e = schema.events.c
+        dl = schema.dead_letters.c
+        with self.engine.connect() as conn:
+            by_type: dict[str, int] = dict(conn.execute(select(e.type, func.count()).group_by(e.type)).all())
+            raised: dict[str, int] = dict(
+                conn.execute(
+                    select(e.severity, func.count()).where(e.phase == "raised").group_by(e.severity)
+                ).all()
+            )
+            reasons = conn.execute(
+                select(dl.reason, func.sum(dl.times_seen))
+                .group_by(dl.reason)
+                .order_by(func.sum(dl.times_seen).desc())
+                .limit(20)
+            ).all()
+            online = conn.execute(
+                select(func.count()).select_from(schema.devices).where(schema.devices.c.status == "online")
+            ).scalar_one()
+        counts = self.counts()
+        return {
+            "rows": counts,
+            "events_by_type": {k: int(v) for k, v in by_type.items()},
+            "alerts_by_severity": {k: int(v) for k, v in raised.items()},
+            "devices_online": int(online),
+            "dead_letter_reasons": [{"reason": r, "count": int(n or 0)} for r, n in reasons],
+        }
+
+    def _hour(self, col: Any) -> Any:
+        if self.dialect == "postgresql":
+            return func.to_char(func.date_trunc("hour", col), 'YYYY-MM-DD"T"HH24:00:00')
+        return func.strftime("%Y-%m-%dT%H:00:00", col)
+
+    def _bin(self, col: Any, bins: int) -> Any:
+        if self.dialect == "postgresql":
+            return func.floor(col * bins)
+        return func.cast(col * bins, Integer)  # SQLite: truncation == floor for x >= 0
+
+    def dashboard(self, hours: int = 24, now: datetime | None = None) -> dict[str, Any]:
+        """The fleet overview the dashboard draws: alerts per hour and type, the PERCLOS
+        distribution, devices and the latest alerts."""
+        now = now or now_utc()
+        since = now - timedelta(hours=hours)
+        e = schema.events.c
+        t = schema.telemetry.c
+        hour = self._hour(e.start_time)
+        with self.engine.connect() as conn:
+            per_hour = conn.execute(
+                select(hour.label("hour"), e.type, func.count())
+                .where(e.phase == "raised", e.start_time >= since)
+                .group_by(hour, e.type)
+                .order_by(hour)
+            ).all()
+            b = self._bin(t.perclos, 20)
+            hist = conn.execute(
+                select(b.label("bin"), func.count()).where(t.time >= since).group_by(b).order_by(b)
+            ).all()
+            per_device = conn.execute(
+                select(e.device_id, func.count())
+                .where(e.phase == "raised", e.start_time >= since)
+                .group_by(e.device_id)
+            ).all()
+        counts = [0] * 20
+        for bin_, n in hist:
+            counts[min(19, max(0, int(bin_)))] += int(n)
+        return {
+            "generated_at": now.isoformat() + "Z",
+            "hours": hours,
+            "devices": self.devices(),
+            "alerts_per_hour": [{"hour": h + "Z", "type": ty, "count": int(n)} for h, ty, n in per_hour],
+            "alerts_per_device": {d: int(n) for d, n in per_device},
+            "perclos_histogram": {"edges": [i / 20 for i in range(21)], "counts": counts},
+            "recent_alerts": [x for x in self.recent_events(200) if x["phase"] == "raised"][:20],
+            "statistics": self.statistics(),
+        }
+
+    def timeline(self, device: str, hours: int = 24, now: datetime | None = None) -> dict[str, Any]:
+        """One vehicle: its alerts as segments (raised → ended) and its telemetry (state, PERCLOS)."""
+        now = now or now_utc()
+        since = now - timedelta(hours=hours)
+        e = schema.events.c
+        t = schema.telemetry.c
+        with self.engine.connect() as conn:
+            evs = (
+                conn.execute(
+                    select(e.event_id, e.phase, e.type, e.severity, e.start_time, e.end_time, e.duration_ms)
+                    .where(e.device_id == device, e.start_time >= since, e.type != "blink")
+                    .order_by(e.start_time)
+                )
+                .mappings()
+                .all()
+            )
+            tel = (
+                conn.execute(
+                    select(t.time, t.state, t.perclos, t.blink_rate_per_min)
+                    .where(t.device_id == device, t.time >= since)
+                    .order_by(t.time)
+                )
+                .mappings()
+                .all()
+            )
+        segs: dict[str, dict[str, Any]] = {}
+        for r in evs:
+            s = segs.setdefault(
+                r["event_id"],
+                {
+                    "event_id": r["event_id"],
+                    "type": r["type"],
+                    "severity": r["severity"],
+                    "start": r["start_time"],
+                    "end": None,
+                },
+            )
+            if r["phase"] in ("ended", "instant"):
+                s["end"] = r["end_time"] or r["start_time"]
+        out = []
+        for s in segs.values():
+            out.append(
+                {
+                    **s,
+                    "start": _iso(s["start"]),
+                    "end": _iso(s["end"]),
+                    "open": s["end"] is None,
+                }
+            )
+        return {
+            "device_id": device,
+            "segments": out,
+            "telemetry": [
+                {
+                    "time": _iso(r["time"]),
+                    "state": r["state"],
+                    "perclos": r["perclos"],
+                    "blink_rate": r["blink_rate_per_min"],
+                }
+                for r in tel
+            ],
+        }
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL: readers (the API) never block the writer; NORMAL: no fsync per commit, still durable
+    # across a process crash (only an OS crash can lose the last commits, which the broker then
+    # redelivers, because acknowledgements are sent only after the commit).
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _event_row(m: Event, now: datetime) -> dict[str, Any]:
+    return {
+        "event_id": str(m.event_id),
+        "phase": m.phase,
+        "device_id": m.device_id,
+        "type": m.type.value,
+        "severity": m.severity.value,
+        "state": m.state.value,
+        "start_time": utc(m.start_time),
+        "raised_time": utc(m.raised_time),
+        "end_time": utc(m.end_time),
+        "duration_ms": m.duration_ms,
+        "ear_value": m.ear_value,
+        "openness": m.openness,
+        "is_drowsy": m.is_drowsy,
+        "perclos": m.perclos,
+        "model_versions": m.model_versions,
+        "features": [f.model_dump() for f in m.features],
+        "stored_at": now,
+    }
+
+
+def _telemetry_row(m: Telemetry, now: datetime) -> dict[str, Any]:
+    return {
+        "msg_id": str(m.msg_id),
+        "device_id": m.device_id,
+        "time": utc(m.time),
+        "state": m.state.value,
+        "perclos": m.perclos,
+        "blink_rate_per_min": m.blink_rate_per_min,
+        "blinks": m.blinks,
+        "baseline_ear": m.baseline_ear,
+        "calibrated": m.calibrated,
+        "is_drowsy": m.is_drowsy,
+        "face": m.face,
+        "stored_at": now,
+    }
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.isoformat() + "Z"
+
+
+def _times_out(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in d.items()}
+
+
+def _event_out(r: Any) -> dict[str, Any]:
+    d = _times_out(dict(r))
+    d.pop("features", None)  # the feature window is for retraining exports, not lists
+    return d
+
+
+def iter_batches(items: Iterable[Any], n: int) -> Iterable[list[Any]]:
+    batch: list[Any] = []
+    for x in items:
+        batch.append(x)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
