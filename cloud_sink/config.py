@@ -35,6 +35,13 @@ class SinkMqttConfig(BrokerConfig):
         max_length=64,
         description="MQTT client id; unique per sink process (its persistent session is kept by it).",
     )
+    shared: bool = Field(
+        False,
+        description="Join the shared-subscription group so several sinks split the traffic. Off: "
+        "this sink takes everything through a plain persistent subscription, which Mosquitto keeps "
+        "across its own restarts; Mosquitto 2.0 forgets shared subscriptions when it restarts, so "
+        "turn this on only with a broker that keeps them (docs/sink.md).",
+    )
     group: str = Field(
         "sleepsafe-sink",
         min_length=1,

@@ -34,6 +34,17 @@ log = structlog.get_logger(__name__)
 FLEET_PREFIX = f"{TOPIC_ROOT}/fleet/"
 
 
+def subscriptions(shared: bool, group: str) -> list[tuple[str, int]]:
+    """Shared: the group splits events/telemetry/stats, and status is also subscribed directly,
+    so every sink gets the retained status of every vehicle at start (retained messages are never
+    sent to shared subscriptions); the duplicates are idempotent.  Re-subscribed at every
+    connect, as a broker may have forgotten the session's subscriptions (Mosquitto forgets
+    shared ones when it restarts)."""
+    if shared:
+        return [(f"$share/{group}/{TOPIC_ROOT}/#", 1), (f"{TOPIC_ROOT}/+/status", 1)]
+    return [(f"{TOPIC_ROOT}/#", 1)]
+
+
 class Metrics:
     """Ingest counters, on the sink's own registry (served at /metrics)."""
 
@@ -132,11 +143,7 @@ class Ingest:
         with self._cv:
             # Acks of the old connection are void: the broker redelivers those messages.
             self._generation += 1
-        g = self.cfg.mqtt.group
-        # Shared: the group splits events/telemetry/stats.  Status also directly, so every sink
-        # gets the retained status of every vehicle at start (retained messages are never sent
-        # to shared subscriptions); the duplicates are idempotent.
-        client.subscribe([(f"$share/{g}/{TOPIC_ROOT}/#", 1), (f"{TOPIC_ROOT}/+/status", 1)])
+        client.subscribe(subscriptions(self.cfg.mqtt.shared, self.cfg.mqtt.group))
         self.connected.set()
         self.metrics.connected.set(1)
         log.info("sink_mqtt_connected", session_present=bool(getattr(flags, "session_present", False)))

@@ -86,7 +86,7 @@ def serve(cfg: SinkConfig, store: Store, *, on_ready: Any = None) -> int:
         notify.stopping()
         ingest.stop()
         store.close()
-        log.info("sink_stopped", committed=ingest.committed, **dict(ingest.totals))
+        log.info("sink_stopped", committed=ingest.committed, totals=dict(ingest.totals))
     return 0
 
 
@@ -97,5 +97,5 @@ def _stats_loop(cfg: SinkConfig, ingest: Ingest, stop: threading.Event) -> None:
             connected=ingest.connected.is_set(),
             committed=ingest.committed,
             queue=len(ingest._q),
-            **dict(ingest.totals),
+            totals=dict(ingest.totals),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,16 @@ from edge_agent.config import EdgeConfig, load_config
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SLEEPSAFE_SHARED_DIR", REPO.parent / "shared"))
 REQUIRE_DATA = os.environ.get("SLEEPSAFE_REQUIRE_DATA") == "1"
+
+
+def wait_until(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Bounded wait on a condition of a real component (a spool's depth, rows in a database)."""
+    ev = threading.Event()
+    left = timeout
+    while not pred():
+        ev.wait(0.05)
+        left -= 0.05
+        assert left > 0, f"timed out waiting for {what}"
 
 
 def _unavailable(reason: str) -> None:
@@ -304,8 +315,10 @@ class SinkProcess:
 
         def pump(stream: Any = self.proc.stderr) -> None:
             for line in stream:
-                with contextlib.suppress(ValueError):
+                try:
                     self.log.append(json.loads(line))
+                except ValueError:
+                    self.log.append({"raw": line.rstrip()})  # a traceback, say
 
         self._pump = threading.Thread(target=pump, daemon=True)
         self._pump.start()
@@ -326,6 +339,11 @@ class SinkProcess:
         self.proc.send_signal(signal.SIGTERM)
         code = int(self.proc.wait(timeout=30))
         self._pump.join(timeout=5)
+        if code != 0:
+            import sys
+
+            for rec in self.log[-15:]:
+                print("sink:", rec, file=sys.stderr)
         return code
 
     def kill(self) -> None:

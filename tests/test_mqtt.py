@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import MqttConfig
+from tests.conftest import wait_until
 from edge_agent.protocol import Event, Status, Telemetry, topic
 from edge_agent.spool import Spool
 from edge_agent.telemetry import Publisher
@@ -62,17 +63,6 @@ class Subscriber:
         self.client.disconnect()
 
 
-def _wait(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Bounded wait on a condition of a real component (the spool's depth)."""
-    ev = threading.Event()
-    deadline = timeout
-    while not pred():
-        if ev.wait(0.05):
-            break
-        deadline -= 0.05
-        assert deadline > 0, f"timed out waiting for {what}"
-
-
 def test_spool_bounds_evict_telemetry_before_events(tmp_path: Path) -> None:
     s = Spool(tmp_path / "s.sqlite3", max_rows=10)
     s.put_many([("telemetry", "t", b"t%d" % i) for i in range(6)])
@@ -116,7 +106,7 @@ def test_nothing_lost_in_order_across_a_broker_restart(broker: Any, tmp_path: Pa
         broker.stop()
         for n in range(200, 500):
             pub.submit("event", topic("bus-7", "event"), _payload(n))
-        _wait(lambda: spool.depth() == 300, "300 events spooled while the broker is down")
+        wait_until(lambda: spool.depth() == 300, "300 events spooled while the broker is down")
         broker.start()
         try:
             sub.wait_for(lambda m: set(_events(m)) >= set(range(500)))
@@ -126,7 +116,7 @@ def test_nothing_lost_in_order_across_a_broker_restart(broker: Any, tmp_path: Pa
                 f"missing {missing[:20]} ({len(missing)}); spool depth {spool.depth()}; "
                 f"published {pub.published} acked {pub.acked} reconnects {pub.reconnects}"
             ) from None
-        _wait(lambda: spool.depth() == 0, "the spool to drain")
+        wait_until(lambda: spool.depth() == 0, "the spool to drain")
         got = _events(sub.messages)
         first_seen = list(dict.fromkeys(got))
         assert first_seen == list(range(500)), "in order, none missing"

@@ -1,0 +1,356 @@
+"""Vehicle → real Mosquitto → real `sleepsafe-sink run` → database, with faults.  Every test
+counts end to end: the events the edge recorded == the rows in the sink, none twice."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from cloud_sink import schema
+from cloud_sink.store import Store
+from edge_agent.config import MqttConfig
+from edge_agent.protocol import Event, Telemetry, topic
+from edge_agent.spool import Spool
+from edge_agent.telemetry import Publisher
+from tests.conftest import SinkProcess, wait_until
+
+T0 = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
+
+
+def make_event(device: str, n: int) -> Event:
+    return Event(
+        event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{device}/{n}"),
+        device_id=device,
+        type="blink" if n % 3 else "microsleep",  # type: ignore[arg-type]
+        phase="instant" if n % 3 else "raised",  # type: ignore[arg-type]
+        severity="info" if n % 3 else "critical",  # type: ignore[arg-type]
+        state="AWAKE",  # type: ignore[arg-type]
+        start_time=T0 + timedelta(milliseconds=100 * n),
+        start_ms=100 * n,
+        start_frame=3 * n,
+        is_drowsy=False,
+        perclos=0.05,
+    )
+
+
+def make_telemetry(device: str, n: int) -> Telemetry:
+    return Telemetry(
+        msg_id=uuid.uuid5(uuid.NAMESPACE_URL, f"tel/{device}/{n}"),
+        device_id=device,
+        time=T0 + timedelta(seconds=n),
+        state="AWAKE",  # type: ignore[arg-type]
+        perclos=(n % 10) / 10,
+        blink_rate_per_min=14.0,
+        blinks=n,
+        baseline_ear=0.3,
+        calibrated=True,
+        is_drowsy=False,
+        face=True,
+    )
+
+
+class Vehicle:
+    """The edge agent's real publisher and spool (what the daemon uses), in this process."""
+
+    def __init__(self, tmp: Path, port: int, device: str, **mqtt: Any) -> None:
+        self.device = device
+        self.spool = Spool(tmp / f"{device}.spool.sqlite3", max_rows=mqtt.pop("max_rows", 100_000))
+        cfg = MqttConfig(
+            enabled=True, host="127.0.0.1", port=port, reconnect_min_s=1, reconnect_max_s=2, **mqtt
+        )
+        self.pub = Publisher(cfg, device, self.spool)
+        self.sent: set[tuple[str, str]] = set()
+
+    def start(self) -> Vehicle:
+        self.pub.start()
+        return self
+
+    def events(self, ns: range) -> None:
+        for n in ns:
+            e = make_event(self.device, n)
+            self.pub.submit("event", topic(self.device, "event"), e.model_dump_json().encode())
+            self.sent.add((str(e.event_id), e.phase))
+
+    def telemetry(self, ns: range) -> None:
+        for n in ns:
+            t = make_telemetry(self.device, n)
+            self.pub.submit("telemetry", topic(self.device, "telemetry"), t.model_dump_json().encode())
+
+    def stop(self) -> None:
+        self.pub.stop()
+
+
+def stored_events(url: str, device: str | None = None) -> set[tuple[str, str]]:
+    store = Store(url, migrate=False)
+    try:
+        e = schema.events.c
+        q = select(e.event_id, e.phase)
+        if device:
+            q = q.where(e.device_id == device)
+        with store.engine.connect() as conn:
+            rows = [(a, b) for a, b in conn.execute(q).all()]
+        assert len(rows) == len(set(rows)), "duplicate rows"
+        return set(rows)
+    finally:
+        store.close()
+
+
+def count(url: str, table: Any, *where: Any) -> int:
+    store = Store(url, migrate=False)
+    try:
+        with store.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())
+    finally:
+        store.close()
+
+
+def sqlite_url(tmp: Path) -> str:
+    return f"sqlite:///{tmp / 'sink' / 'sink.sqlite3'}"
+
+
+def test_broker_restart_mid_stream(broker: Any, tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    sink = SinkProcess(tmp_path / "sink", broker.port, url).start()
+    car = Vehicle(tmp_path, broker.port, "bus-1").start()
+    try:
+        car.events(range(300))
+        car.telemetry(range(50))
+        wait_until(lambda: count(url, schema.events) >= 100, "the first events stored")
+        broker.stop()
+        car.events(range(300, 600))
+        car.telemetry(range(50, 100))
+        broker.start()
+        wait_until(
+            lambda: len(stored_events(url)) >= 600,
+            f"all 600 events stored (have {len(stored_events(url))}, vehicle spool {car.spool.depth()})",
+            timeout=60,
+        )
+        wait_until(lambda: count(url, schema.telemetry) >= 100, "all telemetry stored")
+        wait_until(lambda: car.spool.depth() == 0, "the vehicle's spool to drain")
+        assert stored_events(url) == car.sent and len(car.sent) == 600
+        assert count(url, schema.telemetry) == 100
+        assert count(url, schema.dead_letters) == 0
+    finally:
+        car.stop()
+        assert sink.stop() == 0
+
+
+def test_sink_killed_and_restarted(broker: Any, tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    sink = SinkProcess(tmp_path / "sink", broker.port, url).start()
+    car = Vehicle(tmp_path, broker.port, "bus-2").start()
+    try:
+        car.events(range(2000))
+        wait_until(lambda: count(url, schema.events) >= 200, "the first events stored")
+        sink.kill()  # SIGKILL: whatever it received but had not committed was never acknowledged
+        at_kill = count(url, schema.events)
+        car.events(range(2000, 3000))
+        wait_until(lambda: car.spool.depth() == 0, "the broker to take every event while the sink is down")
+        sink = SinkProcess(tmp_path / "sink", broker.port, url).start()  # same client id, same session
+        wait_until(lambda: count(url, schema.events) >= 3000, "all events stored after the restart", 60)
+        assert stored_events(url) == car.sent and len(car.sent) == 3000
+        assert at_kill < 3000
+    finally:
+        car.stop()
+        assert sink.stop() == 0
+
+
+EDGE = """
+import sys, threading, uuid
+from pathlib import Path
+from edge_agent.config import MqttConfig
+from edge_agent.logs import configure_logging
+from edge_agent.protocol import topic
+from edge_agent.spool import Spool
+from edge_agent.telemetry import Publisher
+from tests.test_sink_e2e import make_event
+configure_logging("warning", "json")
+spool = Spool(Path(sys.argv[1]))
+pub = Publisher(MqttConfig(enabled=True, host="127.0.0.1", port=int(sys.argv[2]), inflight=8), "bus-3", spool)
+if sys.argv[3] == "record":
+    for n in range(int(sys.argv[4])):
+        pub.submit("event", topic("bus-3", "event"), make_event("bus-3", n).model_dump_json().encode())
+pub.start()
+print("started", flush=True)
+threading.Event().wait(600)
+"""
+
+
+def test_edge_sigkilled_and_restarted(broker: Any, tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    sink = SinkProcess(tmp_path / "sink", broker.port, url).start()
+    spool = tmp_path / "edge.sqlite3"
+    n = 3000
+    cmd = [sys.executable, "-c", EDGE, str(spool), str(broker.port)]
+    edge = subprocess.Popen([*cmd, "record", str(n)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert edge.stdout is not None and edge.stdout.readline().strip() == "started"
+        wait_until(lambda: count(url, schema.events) >= 50, "the first events stored")
+        edge.send_signal(signal.SIGKILL)
+        edge.wait(timeout=10)
+        at_kill = count(url, schema.events)
+        left = Spool(spool)
+        recorded_left = left.depth()
+        left.close()
+        # Restarted with the same spool (and nothing new to record): it delivers the rest.
+        edge = subprocess.Popen([*cmd, "resume", "0"], stdout=subprocess.PIPE, text=True)
+        wait_until(lambda: count(url, schema.events) >= n, f"all {n} events stored", timeout=60)
+        expected = {(str(make_event("bus-3", i).event_id), make_event("bus-3", i).phase) for i in range(n)}
+        assert stored_events(url) == expected
+        assert at_kill < n and recorded_left > 0, (at_kill, recorded_left)
+    finally:
+        edge.kill()
+        edge.wait()
+        assert sink.stop() == 0
+
+
+def test_spool_full_evicts_telemetry_first_and_counts_it(broker: Any, tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    sink = SinkProcess(tmp_path / "sink", broker.port, url).start()
+    broker.stop()  # the vehicle is out of coverage
+    car = Vehicle(tmp_path, broker.port, "bus-4", max_rows=50).start()
+    try:
+        car.telemetry(range(100))
+        car.events(range(30))
+        wait_until(lambda: car.spool.depth() + sum(car.spool.evicted().values()) == 130, "all 130 spooled")
+        evicted = car.spool.evicted()
+        assert evicted == {"telemetry": 80, "event": 0}
+        broker.start()
+        wait_until(lambda: car.spool.depth() == 0, "the spool to drain", timeout=60)
+        wait_until(lambda: count(url, schema.telemetry) + count(url, schema.events) >= 50, "rows stored")
+        assert stored_events(url) == car.sent and len(car.sent) == 30
+        assert count(url, schema.telemetry) == 100 - evicted["telemetry"]
+    finally:
+        car.stop()
+        assert sink.stop() == 0
+
+
+def malformed(i: int) -> tuple[str, bytes]:
+    """1,000 distinct bad messages of every kind the sink must survive."""
+    good = make_event("bus-5", 10_000 + i).model_dump_json()
+    kinds: list[tuple[str, bytes]] = [
+        ("sleepsafe/v1/bus-5/event", f"{{not json {i}".encode()),
+        ("sleepsafe/v1/bus-5/event", good.replace('"v":1', '"v":7').encode()),
+        ("sleepsafe/v1/bus-5/event", good.replace('"is_drowsy":false', f'"is_drowsy":"x{i}"').encode()),
+        ("sleepsafe/v1/bus-5/event", (good + " " * 300_000).encode()),
+        ("sleepsafe/v1/bus-6/event", good.encode()),  # device id in payload differs from topic
+        ("sleepsafe/v1/bus-5/bogus", good.encode()),
+        ("sleepsafe/v1/bus-5/telemetry", bytes([0xFF, 0xFE, i % 256, i // 256])),
+        ("sleepsafe/v1/bus-5/status", json.dumps({"v": 1, "device_id": "bus-5", "n": i}).encode()),
+    ]
+    return kinds[i % len(kinds)]
+
+
+def test_thousand_malformed_messages_mixed_into_good_traffic(broker: Any, tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    url = sqlite_url(tmp_path)
+    sink = SinkProcess(tmp_path / "sink", broker.port, url).start()
+    rogue = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rogue", protocol=mqtt.MQTTv5)
+    rogue.connect("127.0.0.1", broker.port)
+    rogue.loop_start()
+    car = Vehicle(tmp_path, broker.port, "bus-5").start()
+    try:
+        infos = []
+        for i in range(1000):
+            car.events(range(i, i + 1))
+            t, p = malformed(i)
+            infos.append(rogue.publish(t, p, qos=1))
+        for info in infos:
+            info.wait_for_publish(30)
+        wait_until(lambda: len(stored_events(url, "bus-5")) >= 1000, "the good events stored", 60)
+        wait_until(lambda: count(url, schema.dead_letters) >= 1000, "1000 dead letters", 60)
+        assert stored_events(url) == car.sent and len(car.sent) == 1000
+        assert count(url, schema.dead_letters) == 1000
+        # The sink is alive and says why each was refused.
+        stats = sink.api("/statistics")
+        reasons = " ".join(r["reason"] for r in stats["dead_letter_reasons"])
+        for words in (
+            "bad JSON",
+            "unknown schema version 7",
+            "is_drowsy",
+            "oversized",
+            "differs",
+            "unknown message kind",
+        ):
+            assert words in reasons, words
+        assert sink.api("/health")["status"] == "ok"
+    finally:
+        car.stop()
+        rogue.loop_stop()
+        rogue.disconnect()
+        assert sink.stop() == 0
+
+
+def test_two_sinks_share_one_broker_on_postgresql(broker: Any, postgres: Any, tmp_path: Path) -> None:
+    url = postgres.new_database()
+    Store(url).close()  # migrate once before two processes start
+    a = SinkProcess(tmp_path / "a", broker.port, url, client_id="sink-a", **{"mqtt.shared": "true"}).start()
+    b = SinkProcess(tmp_path / "b", broker.port, url, client_id="sink-b", **{"mqtt.shared": "true"}).start()
+    cars = [Vehicle(tmp_path, broker.port, f"bus-{10 + i}").start() for i in range(3)]
+    try:
+        for car in cars:
+            car.events(range(1000))
+        wait_until(lambda: count(url, schema.events) >= 3000, "3000 events stored", 60)
+        assert stored_events(url) == set().union(*(c.sent for c in cars))
+    finally:
+        for car in cars:
+            car.stop()
+        assert a.stop() == 0 and b.stop() == 0
+    share = [p.final().get("totals", {}).get("event", 0) for p in (a, b)]
+    assert sum(share) == 3000 and min(share) > 0, share  # both took part, nothing twice
+
+
+def test_mosquitto_forgets_shared_subscriptions_across_its_restart(broker: Any) -> None:
+    """Why `mqtt.shared` is off by default (docs/sink.md): a plain persistent subscription keeps
+    queueing across a Mosquitto restart, a shared one does not.  If this starts failing, the
+    broker got better and the default can change."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    def session(cid: str, filt: str | None, got: list[bytes]) -> Any:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600
+        ready = threading.Event()
+        c.on_subscribe = lambda *a: ready.set()
+        c.on_connect = lambda cl, *a: cl.subscribe(filt, qos=1) if filt else ready.set()
+        c.on_message = lambda cl, u, m: got.append(m.payload)
+        c.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
+        c.loop_start()
+        assert ready.wait(10)
+        return c
+
+    plain: list[bytes] = []
+    shared: list[bytes] = []
+    for cid, filt, got in (("plain", "t/#", plain), ("shared", "$share/g/t/#", shared)):
+        c = session(cid, filt, got)
+        c.loop_stop()
+        c.disconnect()
+    broker.stop()
+    broker.start()
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pub", protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    pub.publish("t/x", b"while the subscribers were away", qos=1).wait_for_publish(10)
+    clients = [session("plain", None, plain), session("shared", None, shared)]
+    wait_until(lambda: len(plain) == 1, "the plain session's queued message")
+    # The plain session got its message; give the shared one the same chance (one round trip).
+    pub.publish("t/y", b"marker", qos=1).wait_for_publish(10)
+    assert shared == [], "Mosquitto now keeps shared subscriptions: revisit mqtt.shared's default"
+    for c in [*clients, pub]:
+        c.loop_stop()
+        c.disconnect()
