@@ -403,9 +403,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_settings(
-    cls: type[S], path: Path | None, overrides: dict[str, Any] | None, default_path: Path
-) -> S:
+def load_settings(cls: type[S], path: Path | None, overrides: dict[str, Any] | None, default_path: Path) -> S:
     """Load and validate any of our settings classes (edge agent, sink).  ``path`` None means
     ``default_path``, used only if it exists; an explicit path that is missing is an error.
     Raises :class:`ConfigError` with one line naming the field."""

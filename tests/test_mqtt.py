@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import MqttConfig
-from tests.conftest import wait_until
 from edge_agent.protocol import Event, Status, Telemetry, topic
 from edge_agent.spool import Spool
 from edge_agent.telemetry import Publisher
+from tests.conftest import wait_until
 
 
 class Subscriber:
