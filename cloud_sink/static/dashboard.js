@@ -65,7 +65,7 @@ async function drawTimeline(device, hours) {
   traces.push({ type: "scatter", mode: "lines", name: "PERCLOS", x: t.telemetry.map(r => r.time),
     y: t.telemetry.map(r => r.perclos), yaxis: "y2", line: { color: "#1565c0" } });
   Plotly.react("chart-timeline", traces, {
-    ...LAYOUT, barmode: "overlay", xaxis: { type: "date" },
+    ...LAYOUT, margin: { ...LAYOUT.margin, l: 90 }, barmode: "overlay", xaxis: { type: "date" },
     yaxis: { domain: [0.45, 1], type: "category" }, yaxis2: { domain: [0, 0.35], range: [0, 1], title: { text: "PERCLOS" } },
   }, CONFIG);
   return t.segments.length + t.telemetry.length;

