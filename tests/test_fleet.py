@@ -62,7 +62,11 @@ def fleet(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         }
         for d, journal in journals.items():
             want = {(j["event_id"], j["phase"]) for j in journal}
-            wait_until(lambda d=d, want=want: stored_events(url, d) >= want, f"{d}'s events in the sink", 60)
+
+            def arrived(d: str = d, want: set[tuple[str, str]] = want) -> bool:
+                return stored_events(url, d) >= want
+
+            wait_until(arrived, f"{d}'s events in the sink", 60)
         yield {"sink": sink, "url": url, "journals": journals, "broker": broker, "tmp": tmp}
     finally:
         sink.stop()
