@@ -66,6 +66,9 @@ class StoreConfig(_Section):
         "sink.sqlite3 in state_dir).",
     )
     batch_max: int = Field(2000, ge=1, le=100_000, description="Most messages written per transaction.")
+    batch_linger_ms: float = Field(
+        20.0, ge=0, le=1000, description="How long a batch waits to fill before it is written."
+    )
     max_payload_bytes: int = Field(
         256 * 1024, ge=1024, description="Larger payloads are dead-lettered without being parsed."
     )

@@ -174,11 +174,17 @@ class Ingest:
     def _write_loop(self) -> None:
         max_bytes = self.cfg.store.max_payload_bytes
         batch_max = self.cfg.store.batch_max
+        linger = self.cfg.store.batch_linger_ms / 1000
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: bool(self._q) or self._stop.is_set())
                 if not self._q and self._stop.is_set():
                     return
+                if linger and len(self._q) < batch_max and not self._stop.is_set():
+                    # Group commit: a few ms of waiting turns many tiny transactions (each with
+                    # its own commit and device update) into one, which is what lets ingest
+                    # keep up under load; the broker keeps sending meanwhile.
+                    self._cv.wait_for(lambda: len(self._q) >= batch_max or self._stop.is_set(), linger)
                 n = min(len(self._q), batch_max)
                 batch = [self._q.popleft() for _ in range(n)]
                 self.metrics.queue.set(len(self._q))

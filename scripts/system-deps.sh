@@ -11,6 +11,9 @@ command -v make >/dev/null || need+=(make)
 if [ "${1:-}" = "--test" ]; then
   command -v systemd-analyze >/dev/null || need+=(systemd)
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+  # The sink's PostgreSQL path and its dashboard test (Chromium, driven by Playwright).
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+  command -v chromium >/dev/null || need+=(chromium)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing system packages: ${need[*]}" >&2

@@ -175,10 +175,12 @@ class Postgres:
     """A real PostgreSQL server (Debian's), started for the test session on a free port.  It
     refuses to run as root, so as root it runs as ``postgres`` in a directory that user owns."""
 
-    def __init__(self) -> None:
+    def __init__(self, fsync: bool = False) -> None:
         import glob
         import socket
         import tempfile
+
+        self.fsync = fsync  # off in tests (speed); the benchmark measures with it on
 
         bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         if not bins:
@@ -210,7 +212,7 @@ class Postgres:
             "-D",
             f"{self.dir}/data",
             "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync={'on' if self.fsync else 'off'}",
             "-l",
             f"{self.dir}/log",
             "-w",

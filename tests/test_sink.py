@@ -341,3 +341,11 @@ def test_dashboard_page_and_assets_are_served(api: Any) -> None:
     assert js.status_code == 200 and len(js.content) > 1_000_000
     assert api.get("/static/../config.py", headers={"Authorization": ""}).status_code == 404
     assert json.loads(api.get("/health").text)["database"] == "ok"
+
+
+def test_hot_path_columns_match_the_tables() -> None:
+    from cloud_sink import schema
+    from cloud_sink.store import EVENT_COLUMNS, TELEMETRY_COLUMNS
+
+    assert EVENT_COLUMNS == tuple(c.name for c in schema.events.columns if c.name != "id")
+    assert TELEMETRY_COLUMNS == tuple(c.name for c in schema.telemetry.columns if c.name != "id")
