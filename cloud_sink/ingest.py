@@ -85,7 +85,8 @@ class Ingest:
         self._q: collections.deque[tuple[str, bytes, int, int, int]] = collections.deque()
         self._cv = threading.Condition()
         self._stop = threading.Event()
-        self._generation = 0
+        self._generation = 0  # read and written on paho's network thread only
+        self._idle = False
         self._connects = 0
         c = new_client(cfg.mqtt, cfg.mqtt.client_id, manual_ack=True)
         jitter_backoff(c, cfg.mqtt)
@@ -140,9 +141,8 @@ class Ingest:
         self._connects += 1
         if self._connects > 1:
             self.metrics.reconnects.inc()
-        with self._cv:
-            # Acks of the old connection are void: the broker redelivers those messages.
-            self._generation += 1
+        # Acks of the old connection are void: the broker redelivers those messages.
+        self._generation += 1
         client.subscribe(subscriptions(self.cfg.mqtt.shared, self.cfg.mqtt.group))
         self.connected.set()
         self.metrics.connected.set(1)
@@ -166,9 +166,13 @@ class Ingest:
             log.warning("sink_mqtt_disconnected", reason=str(reason_code))
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        with self._cv:
-            self._q.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation))
-            self._cv.notify()
+        # The network thread's share of the work is one append; the writer is woken only when it
+        # sleeps on an empty queue (append before the check: the writer sets _idle before it
+        # looks at the queue, so no message is left unnoticed).
+        self._q.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation))
+        if self._idle:
+            with self._cv:
+                self._cv.notify()
 
     # ------------------------------------------------------------------ writer
     def _write_loop(self) -> None:
@@ -177,17 +181,19 @@ class Ingest:
         linger = self.cfg.store.batch_linger_ms / 1000
         while True:
             with self._cv:
+                self._idle = True
                 self._cv.wait_for(lambda: bool(self._q) or self._stop.is_set())
-                if not self._q and self._stop.is_set():
-                    return
-                if linger and len(self._q) < batch_max and not self._stop.is_set():
-                    # Group commit: a few ms of waiting turns many tiny transactions (each with
-                    # its own commit and device update) into one, which is what lets ingest
-                    # keep up under load; the broker keeps sending meanwhile.
-                    self._cv.wait_for(lambda: len(self._q) >= batch_max or self._stop.is_set(), linger)
-                n = min(len(self._q), batch_max)
-                batch = [self._q.popleft() for _ in range(n)]
-                self.metrics.queue.set(len(self._q))
+                self._idle = False
+            if not self._q and self._stop.is_set():
+                return
+            if linger and len(self._q) < batch_max and not self._stop.is_set():
+                # Group commit: a few ms of waiting turns many tiny transactions (each with its
+                # own commit and device update) into one, which is what lets ingest keep up
+                # under load; the broker keeps sending meanwhile.
+                self._stop.wait(linger)
+            n = min(len(self._q), batch_max)
+            batch = [self._q.popleft() for _ in range(n)]
+            self.metrics.queue.set(len(self._q))
             t0 = time.perf_counter()
             items: list[Valid | Rejected] = []
             acks: list[tuple[int, int, int]] = []
@@ -199,8 +205,7 @@ class Ingest:
                 items.append(validate(topic, payload, max_bytes))
             if not self._commit(items):
                 return  # stopping with the database down: unacknowledged, so redelivered later
-            with self._cv:
-                current = self._generation
+            current = self._generation
             for mid, qos, gen in acks:
                 if gen == current:
                     self.client.ack(mid, qos)
