@@ -44,3 +44,29 @@ def test_mqtt_doc_matches_the_protocol_models() -> None:
     assert (REPO / "docs" / "mqtt.md").read_text() == render(), (
         "run: python -m edge_agent.mqttdoc > docs/mqtt.md"
     )
+
+
+def test_sink_config_docs_are_current_and_valid(tmp_path: Path) -> None:
+    from cloud_sink.config import load_sink_config
+
+    doc = (REPO / "docs" / "sink.md").read_text()
+    block = re.search(r"<!-- sink-config-reference -->\n(.*?)\n<!-- /sink-config-reference -->", doc, re.S)
+    assert block and block.group(1).strip() == markdown("sink").strip(), (
+        "run: python -m edge_agent.configdoc markdown sink (into docs/sink.md)"
+    )
+    shipped = (REPO / "cloud_sink" / "sink.example.toml").read_text()
+    assert shipped == example_toml("sink"), (
+        "run: python -m edge_agent.configdoc toml sink > cloud_sink/sink.example.toml"
+    )
+    lines = []
+    for line in shipped.splitlines():
+        m = re.match(r"# (\w+) = (.+)$", line)
+        lines.append(f"{m.group(1)} = {m.group(2)}" if m else line)
+    cfg_file = tmp_path / "sink.toml"
+    cfg_file.write_text(
+        "\n".join(lines).replace('state_dir = "/var/lib/sleepsafe-sink"', f'state_dir = "{tmp_path}"')
+    )
+    assert (
+        load_sink_config(cfg_file).model_dump()
+        == load_sink_config(None, {"state_dir": str(tmp_path)}).model_dump()
+    )
