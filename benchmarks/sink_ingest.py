@@ -60,8 +60,18 @@ def template(device: str, features: int) -> bytes:
         model_versions={"landmarks": "mediapipe-0.10.21"},
         features=[
             FeatureSample(
-                t_ms=33 * i, frame=i, face=True, ear=0.28, ear_left=0.29, ear_right=0.27, openness=0.93,
-                mar=0.1, yaw=2.5, pitch=-4.0, roll=1.0, iris_vis=0.9,
+                t_ms=33 * i,
+                frame=i,
+                face=True,
+                ear=0.28,
+                ear_left=0.29,
+                ear_right=0.27,
+                openness=0.93,
+                mar=0.1,
+                yaw=2.5,
+                pitch=-4.0,
+                roll=1.0,
+                iris_vis=0.9,
             )
             for i in range(features)
         ],
@@ -317,7 +327,9 @@ def main() -> int:
     if a.json:
         print(json.dumps(out))
     else:
-        print(f"{a.events} events of {out['payload_bytes']} bytes from {a.publishers} publishers, {out['cpus']} CPUs")
+        print(
+            f"{a.events} events of {out['payload_bytes']} bytes from {a.publishers} publishers, {out['cpus']} CPUs"
+        )
         for k in ("bare", "sqlite", "postgresql", "naive"):
             if k in out:
                 r = out[k]

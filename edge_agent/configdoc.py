@@ -17,7 +17,6 @@ from typing import Any
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-
 from pydantic_settings import BaseSettings
 
 from .config import EdgeConfig

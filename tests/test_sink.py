@@ -347,5 +347,5 @@ def test_hot_path_columns_match_the_tables() -> None:
     from cloud_sink import schema
     from cloud_sink.store import EVENT_COLUMNS, TELEMETRY_COLUMNS
 
-    assert EVENT_COLUMNS == tuple(c.name for c in schema.events.columns if c.name != "id")
-    assert TELEMETRY_COLUMNS == tuple(c.name for c in schema.telemetry.columns if c.name != "id")
+    assert tuple(c.name for c in schema.events.columns if c.name != "id") == EVENT_COLUMNS
+    assert tuple(c.name for c in schema.telemetry.columns if c.name != "id") == TELEMETRY_COLUMNS
