@@ -328,7 +328,8 @@ def main() -> int:
         print(json.dumps(out))
     else:
         print(
-            f"{a.events} events of {out['payload_bytes']} bytes from {a.publishers} publishers, {out['cpus']} CPUs"
+            f"{a.events} events of {out['payload_bytes']} bytes from {a.publishers} publishers, "
+            f"{out['cpus']} CPUs"
         )
         for k in ("bare", "sqlite", "postgresql", "naive"):
             if k in out:

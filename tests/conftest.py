@@ -212,7 +212,8 @@ class Postgres:
             "-D",
             f"{self.dir}/data",
             "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync={'on' if self.fsync else 'off'}",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+            f"-c fsync={'on' if self.fsync else 'off'}",
             "-l",
             f"{self.dir}/log",
             "-w",
