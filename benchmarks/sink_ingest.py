@@ -79,7 +79,7 @@ def template(device: str, features: int) -> bytes:
     return e.model_dump_json().encode().replace(b"2000-01-01T00:00:00Z", ZERO_T.encode())
 
 
-def _publisher(port: int, device: str, n: int, features: int, go: Any) -> None:
+def _publisher(port: int, device: str, n: int, features: int, go: Any, rate: float = 0.0) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -92,7 +92,12 @@ def _publisher(port: int, device: str, n: int, features: int, go: Any) -> None:
     topic = f"sleepsafe/v1/{device}/event"
     go.wait()
     infos = []
-    for _ in range(n):
+    t_start = time.perf_counter()
+    for i in range(n):
+        if rate:  # paced: a steady fleet rather than a burst
+            delay = t_start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         payload = tpl.replace(ZERO_ID.encode(), str(uuid.uuid4()).encode()).replace(
             ZERO_T.encode(), now.encode()
@@ -104,12 +109,17 @@ def _publisher(port: int, device: str, n: int, features: int, go: Any) -> None:
     c.disconnect()
 
 
-def publish(port: int, total: int, publishers: int, features: int, tag: str) -> tuple[float, list[Any]]:
-    """Start the publisher processes; returns (start time, processes)."""
+def publish(
+    port: int, total: int, publishers: int, features: int, tag: str, rate: float = 0.0
+) -> tuple[float, list[Any]]:
+    """Start the publisher processes (``rate``: events/s in all, 0 = as fast as they can);
+    returns (start time, processes)."""
     ctx = mp.get_context("spawn")
     go = ctx.Event()
     procs = [
-        ctx.Process(target=_publisher, args=(port, f"{tag}-{i}", total // publishers, features, go))
+        ctx.Process(
+            target=_publisher, args=(port, f"{tag}-{i}", total // publishers, features, go, rate / publishers)
+        )
         for i in range(publishers)
     ]
     for p in procs:
@@ -168,7 +178,9 @@ def run_bare(port: int, total: int, publishers: int, features: int) -> dict[str,
     return {"events": got[0], "events_per_s": round(got[0] / (last[0] - t0), 1)}
 
 
-def run_sink(port: int, url: str, total: int, publishers: int, features: int, tag: str) -> dict[str, Any]:
+def run_sink(
+    port: int, url: str, total: int, publishers: int, features: int, tag: str, rate: float = 0.0
+) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from cloud_sink import schema
@@ -203,7 +215,7 @@ def run_sink(port: int, url: str, total: int, publishers: int, features: int, ta
         with store.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(schema.events)).scalar_one())
 
-    t0, procs = publish(port, total, publishers, features, tag)
+    t0, procs = publish(port, total, publishers, features, tag, rate)
     t_end = _wait_count(count, total)
     for p in procs:
         p.join()
@@ -283,7 +295,13 @@ def main() -> int:
     ap.add_argument("--naive-events", type=int, default=3_000, help="events for the slow naive sink")
     ap.add_argument("--publishers", type=int, default=3)
     ap.add_argument("--features", type=int, default=48, help="feature-window frames per event (agent: 48)")
-    ap.add_argument("--skip", default="", help="comma-separated phases to skip: postgresql,naive")
+    ap.add_argument("--skip", default="", help="comma-separated phases to skip: postgresql,naive,paced")
+    ap.add_argument(
+        "--paced-rate",
+        type=float,
+        default=1000.0,
+        help="also measure SQLite latency with the publishers paced at this many events/s in all",
+    )
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     a.events -= a.events % a.publishers  # every publisher sends the same number
@@ -317,6 +335,20 @@ def main() -> int:
                 )
             finally:
                 pg.stop()
+        if "paced" not in skip:
+            n = int(a.paced_rate * 10) - int(a.paced_rate * 10) % a.publishers  # 10 s of traffic
+            out["sqlite_paced"] = {
+                "rate": a.paced_rate,
+                **run_sink(
+                    broker.port,
+                    f"sqlite:///{tmp / 'paced.sqlite3'}",
+                    n,
+                    a.publishers,
+                    a.features,
+                    "paced",
+                    a.paced_rate,
+                ),
+            }
         if "naive" not in skip:
             out["naive"] = run_naive(broker.port, a.naive_events, a.publishers, a.features)
     finally:
@@ -331,7 +363,7 @@ def main() -> int:
             f"{a.events} events of {out['payload_bytes']} bytes from {a.publishers} publishers, "
             f"{out['cpus']} CPUs"
         )
-        for k in ("bare", "sqlite", "postgresql", "naive"):
+        for k in ("bare", "sqlite", "postgresql", "sqlite_paced", "naive"):
             if k in out:
                 r = out[k]
                 p99 = f"  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms" if "p99_ms" in r else ""
