@@ -83,6 +83,7 @@ class Agent:
         self._stop = threading.Event()
         self._recalibrate = threading.Event()
         self.latency = LatencyWindow()
+        self.stage_latency: dict[str, LatencyWindow] = {}
         self.frames = 0
         self.bad_frames = 0
         self.fps = 0.0
@@ -152,8 +153,12 @@ class Agent:
                     bad_logged = time.monotonic()
                     log.warning("bad_frame", error=str(err), bad_frames=self.bad_frames)
                 continue
-            self.latency.add(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            self.latency.add(t1 - t0)
             self._dispatch(res.events)
+            stages = {**pipe.stage_s, "alerts": time.perf_counter() - t1}
+            for name, seconds in stages.items():
+                self.stage_latency.setdefault(name, LatencyWindow()).add(seconds)
             index += 1
             self.frames += 1
             self._first_frame.set()
@@ -183,6 +188,10 @@ class Agent:
             "camera_lost": cap.lost if cap else False,
             "latency_p50_ms": round(self.latency.quantile(0.5) * 1000, 2),
             "latency_p99_ms": round(self.latency.quantile(0.99) * 1000, 2),
+            "stages_ms": {
+                name: {"p50": round(w.quantile(0.5) * 1000, 3), "p99": round(w.quantile(0.99) * 1000, 3)}
+                for name, w in self.stage_latency.items()
+            },
             "alerts": self.alerts.stats() if self.alerts else {},
             "model_versions": self.pipeline.model_versions if self.pipeline else {},
             "providers": self.pipeline.providers if self.pipeline else [],
@@ -204,6 +213,7 @@ class Agent:
                     bad_frames=stats["bad_frames"],
                     latency_p50_ms=stats["latency_p50_ms"],
                     latency_p99_ms=stats["latency_p99_ms"],
+                    stages_ms=stats["stages_ms"],
                     reconnects=stats["reconnects"],
                     camera_lost=stats["camera_lost"],
                     spool_depth=self.publisher.spool.depth(),

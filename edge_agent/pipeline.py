@@ -64,6 +64,7 @@ class Pipeline:
         )
         self.frames = 0
         self.frames_with_face = 0
+        self.stage_s: dict[str, float] = {}
 
     def warm_up(self, width: int = 640, height: int = 480, frames: int = 3) -> float:
         """Run the landmark model on blank frames so that graph start-up and the first
@@ -78,8 +79,11 @@ class Pipeline:
     def process(self, frame: npt.NDArray[np.uint8], t: float, index: int) -> FrameResult:
         """Run one frame.  ``t`` is the source's timestamp in seconds.  Raises FrameError for
         a frame that cannot be used (the caller counts and skips it)."""
+        t0 = time.perf_counter()
         rgb = to_rgb(frame)
         faces = self.backend.detect(rgb, round(t * 1000))
+        t1 = time.perf_counter()
+        t_models = 0.0
         driver = largest_face(faces)
         self.frames += 1
         dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
@@ -93,7 +97,9 @@ class Pipeline:
             h, w = rgb.shape[:2]
             prob = -1.0
             if self.eye_model is not None:
+                tm = time.perf_counter()
                 prob = float(self.eye_model.predict(eye_crops(frame, driver.points)).mean())
+                t_models += time.perf_counter() - tm
             feats = compute_features(driver.points, w, h, t, index, faces=len(faces), eye_prob=prob)
             if self.temporal is not None:
                 d = self.detector
@@ -106,9 +112,20 @@ class Pipeline:
                     prob,
                     dt,
                 )
+                tm = time.perf_counter()
                 closed_now, score = self.temporal.step(vector)
+                t_models += time.perf_counter() - tm
                 feats = replace(feats, eye_prob=closed_now, drowsy_score=score)
+        t2 = time.perf_counter()
         events = self.detector.update(feats)
+        t3 = time.perf_counter()
+        # Where a frame's time goes (published in stats): landmarks dominate; the rest must not.
+        self.stage_s = {
+            "landmarks": t1 - t0,
+            "features": t2 - t1 - t_models,
+            "models": t_models,
+            "detector": t3 - t2,
+        }
         return FrameResult(features=feats, events=events, face=driver, faces=len(faces))
 
     def camera_lost(self, t: float, index: int) -> list[Event]:

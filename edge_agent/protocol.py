@@ -184,6 +184,11 @@ class Stats(BaseModel):
     bad_frames: int
     latency_p50_ms: float
     latency_p99_ms: float
+    stages_ms: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Per-stage time per frame, {stage: {p50, p99}}: landmarks, features, models, "
+        "detector, alerts.",
+    )
     reconnects: int
     camera_lost: bool
     spool_depth: int

@@ -85,6 +85,9 @@ def test_every_journaled_event_is_stored_once(fleet: dict[str, Any]) -> None:
         d = devices[device]
         assert d["status"] == "stopped" and d["fps"] and d["fps"] > 0, d
         assert d["spool_depth"] is not None and d["agent_version"]
+        stages = d["stats"]["stages_ms"]
+        assert set(stages) == {"landmarks", "features", "models", "detector", "alerts"}, stages
+        assert stages["landmarks"]["p50"] > stages["detector"]["p50"] > 0
     dash = fleet["sink"].api("/dashboard")
     assert sum(dash["perclos_histogram"]["counts"]) > 0 and dash["alerts_per_hour"]
 
