@@ -22,7 +22,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS_DIR = REPO / "systemd"
-TEMPLATE = Path(__file__).resolve().parent / "edge.example.toml"
+TEMPLATES = {
+    "edge.toml": Path(__file__).resolve().parent / "edge.example.toml",
+    "sink.toml": REPO / "cloud_sink" / "sink.example.toml",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +34,17 @@ class ServiceSpec:
     user: str
     config_name: str | None
     credentials: tuple[str, ...]
+    extras: str = ""  # pip extras the service needs, e.g. "[sink]"
 
 
 SERVICES = {
     "edge": ServiceSpec("sleepsafe-edge.service", "sleepsafe", "edge.toml", ("mqtt-password",)),
     "sink": ServiceSpec(
-        "sleepsafe-sink.service", "sleepsafe-sink", None, ("sink-mqtt-password", "sink-api-token")
+        "sleepsafe-sink.service",
+        "sleepsafe-sink",
+        "sink.toml",
+        ("sink-mqtt-password", "sink-api-token"),
+        "[sink]",
     ),
 }
 
@@ -128,7 +136,7 @@ def plan(
         ),
     )
     if venv:
-        what = source or (str(REPO) if (REPO / "pyproject.toml").is_file() else "sleepsafe")
+        what = (source or (str(REPO) if (REPO / "pyproject.toml").is_file() else "sleepsafe")) + spec.extras
 
         def make_venv() -> None:
             _run(sys.executable, "-m", "venv", str(opt / "venv"))
@@ -142,7 +150,7 @@ def plan(
             if cfg.exists():
                 return
             cfg.parent.mkdir(parents=True, exist_ok=True)
-            cfg.write_text(TEMPLATE.read_text())
+            cfg.write_text(TEMPLATES[cfg.name].read_text())
             cfg.chmod(0o640)
             if live:  # /etc/sleepsafe stays root's (ConfigurationDirectory=); the service reads by group
                 shutil.chown(cfg, group=spec.user)

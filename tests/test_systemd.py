@@ -262,6 +262,32 @@ def test_sink_installer_uses_its_own_unit(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "etc/systemd/system/sleepsafe-sink.service").is_file()
+    # Its own config, from the sink template, which the unit's ExecStart names and which loads.
+    cfg = tmp_path / "etc/sleepsafe/sink.toml"
+    assert "fleet sink" in cfg.read_text()
+    from cloud_sink.config import load_sink_config
+
+    assert load_sink_config(cfg).mqtt.shared is False
+    assert (
+        "--config /etc/sleepsafe/sink.toml"
+        in (tmp_path / "etc/systemd/system/sleepsafe-sink.service").read_text()
+    )
+    dry = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cloud_sink.cli",
+            "install-service",
+            "--root",
+            str(tmp_path / "x"),
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "[sink]" in dry.stdout, dry.stdout  # the venv gets the sink's dependencies
 
 
 def test_live_install_needs_root_or_says_so() -> None:
