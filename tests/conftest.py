@@ -206,7 +206,8 @@ class Postgres:
             raise RuntimeError(f"{cmd[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
 
     def start(self) -> None:
-        self._run(str(self.bin / "initdb"), "-D", f"{self.dir}/data", "-A", "trust", "-U", "sleepsafe")
+        if not (self.dir / "data").exists():
+            self._run(str(self.bin / "initdb"), "-D", f"{self.dir}/data", "-A", "trust", "-U", "sleepsafe")
         self._run(
             str(self.bin / "pg_ctl"),
             "-D",

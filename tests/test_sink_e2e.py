@@ -354,3 +354,39 @@ def test_mosquitto_forgets_shared_subscriptions_across_its_restart(broker: Any) 
     for c in [*clients, pub]:
         c.loop_stop()
         c.disconnect()
+
+
+def test_database_down_mid_stream_loses_nothing(broker: Any, tmp_path: Path) -> None:
+    """PostgreSQL stopped under load: the sink keeps retrying the batch it holds, acknowledges
+    nothing meanwhile (so the broker keeps the rest), and stores everything once it is back."""
+    from tests.conftest import Postgres
+
+    pg = Postgres()
+    pg.start()
+    try:
+        url = pg.new_database()
+        sink = SinkProcess(tmp_path / "sink", broker.port, url).start()
+        car = Vehicle(tmp_path, broker.port, "bus-7").start()
+        try:
+            car.events(range(500))
+            wait_until(lambda: count(url, schema.events) >= 100, "the first events stored")
+            pg.stop()
+            car.events(range(500, 1500))
+            wait_until(lambda: car.spool.depth() == 0, "the broker to take every event")
+            wait_until(
+                lambda: any(r.get("event") == "sink_write_failed" for r in sink.log),
+                "the sink to see the outage",
+            )
+            assert sink.proc.poll() is None, "the sink must not exit while its database is down"
+            import httpx
+
+            health = httpx.get(f"http://127.0.0.1:{sink.port}/health", timeout=30)
+            assert health.status_code == 503 and health.json()["database"] == "unreachable"
+            pg.start()
+            wait_until(lambda: count(url, schema.events) >= 1500, "all 1500 events stored", timeout=90)
+            assert stored_events(url) == car.sent and len(car.sent) == 1500
+        finally:
+            car.stop()
+            assert sink.stop() == 0
+    finally:
+        pg.stop()
