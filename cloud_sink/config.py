@@ -54,6 +54,11 @@ class SinkMqttConfig(BrokerConfig):
         description="How long the broker keeps this sink's session (and queues its messages) "
         "while it is down.",
     )
+    receipts: bool = Field(
+        True,
+        description="After each commit, publish a receipt to every vehicle with the keys it now has "
+        "(vehicles with mqtt.await_receipt keep messages until then).",
+    )
     receive_maximum: int = Field(
         1000, ge=1, le=65535, description="Unacknowledged QoS 1 messages the broker may send at once."
     )

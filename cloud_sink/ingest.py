@@ -14,24 +14,52 @@ The network thread only appends to a deque; one writer thread validates, writes 
 from __future__ import annotations
 
 import collections
+import json
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from edge_agent.protocol import TOPIC_ROOT
+from edge_agent.protocol import TOPIC_ROOT, Event, Receipt, Telemetry, receipt_key, topic
 from edge_agent.telemetry import jitter_backoff, new_client
 
 from .config import SinkConfig
 from .store import Store, one_line
-from .validate import Rejected, Valid, validate
+from .validate import Rejected, Valid, parse_topic, validate
 
 log = structlog.get_logger(__name__)
 
 # Retained model releases the sink itself publishes live here: not telemetry, never dead letters.
 FLEET_PREFIX = f"{TOPIC_ROOT}/fleet/"
+RECEIPT_SUFFIX = "/receipt"
+
+
+def receipt_keys(items: list[Valid | Rejected]) -> dict[str, list[str]]:
+    """Per device, the receipt keys of the events and telemetry in a committed batch.  A dead
+    letter is receipted too when its key can be read (it is kept, in dead_letters): otherwise a
+    vehicle waiting for receipts would send it forever."""
+    out: dict[str, list[str]] = {}
+    for it in items:
+        if isinstance(it, Valid):
+            if isinstance(it.msg, (Event, Telemetry)):
+                out.setdefault(it.device_id, []).append(receipt_key(it.msg))
+            continue
+        where = parse_topic(it.topic)
+        if isinstance(where, str) or where[1] not in ("event", "telemetry"):
+            continue
+        try:
+            obj = json.loads(it.payload)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        key = f"{obj.get('event_id')}:{obj.get('phase')}" if where[1] == "event" else obj.get("msg_id")
+        if isinstance(key, str) and "None" not in key:
+            out.setdefault(where[0], []).append(key)
+    return out
 
 
 def subscriptions(shared: bool, group: str) -> list[tuple[str, int]]:
@@ -197,20 +225,29 @@ class Ingest:
             t0 = time.perf_counter()
             items: list[Valid | Rejected] = []
             acks: list[tuple[int, int, int]] = []
-            for topic, payload, mid, qos, gen in batch:
+            for where, payload, mid, qos, gen in batch:
                 if qos:
                     acks.append((mid, qos, gen))
-                if topic.startswith(FLEET_PREFIX):
-                    continue
-                items.append(validate(topic, payload, max_bytes))
+                if where.startswith(FLEET_PREFIX) or where.endswith(RECEIPT_SUFFIX):
+                    continue  # ours (model releases, receipts), not the fleet's
+                items.append(validate(where, payload, max_bytes))
             if not self._commit(items):
                 return  # stopping with the database down: unacknowledged, so redelivered later
+            if self.cfg.mqtt.receipts:
+                self._send_receipts(items)
             current = self._generation
             for mid, qos, gen in acks:
                 if gen == current:
                     self.client.ack(mid, qos)
             self.metrics.batch.observe(time.perf_counter() - t0)
             self.metrics.batch_size.observe(len(batch))
+
+    def _send_receipts(self, items: list[Valid | Rejected]) -> None:
+        """Tell each vehicle which of its messages are now safe here (stored, already stored, or
+        kept as a dead letter), after the commit and before the PUBACKs."""
+        for device, keys in receipt_keys(items).items():
+            msg = Receipt(device_id=device, time=datetime.now(timezone.utc), keys=keys)
+            self.client.publish(topic(device, "receipt"), msg.model_dump_json(), qos=1)
 
     def _commit(self, items: list[Valid | Rejected]) -> bool:
         delay = 0.5

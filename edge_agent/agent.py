@@ -30,7 +30,7 @@ from .eventlog import EventLog
 from .landmarks import FrameError
 from .pipeline import FrameResult, Pipeline
 from .preview import PreviewSink, annotate
-from .protocol import Event, EventType, Stats, Telemetry, topic
+from .protocol import Event, EventType, Stats, Telemetry, receipt_key, topic
 from .sdnotify import Notifier
 from .spool import Spool
 from .telemetry import Publisher
@@ -118,7 +118,7 @@ class Agent:
                 self.events.append(e)
             if self.publisher is not None:
                 self.publisher.submit(
-                    "event", topic(self.cfg.device_id, "event"), e.model_dump_json().encode()
+                    "event", topic(self.cfg.device_id, "event"), e.model_dump_json().encode(), receipt_key(e)
                 )
             if self.on_event is not None:
                 self.on_event(e)
@@ -244,7 +244,10 @@ class Agent:
                 face=d.last_ear > 0,
             )
             self.publisher.submit(
-                "telemetry", topic(self.cfg.device_id, "telemetry"), msg.model_dump_json().encode()
+                "telemetry",
+                topic(self.cfg.device_id, "telemetry"),
+                msg.model_dump_json().encode(),
+                receipt_key(msg),
             )
 
     def status_line(self) -> str:

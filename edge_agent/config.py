@@ -255,6 +255,16 @@ class MqttConfig(BrokerConfig):
     spool_max_rows: int = Field(100_000, ge=10, description="Spool bound, in messages.")
     spool_max_mb: float = Field(256.0, gt=0, description="Spool bound, in MB of payload.")
     telemetry_interval_s: float = Field(10.0, gt=0, description="How often a telemetry summary is queued.")
+    await_receipt: bool = Field(
+        False,
+        description="Keep each event/telemetry row until the sink's receipt (end-to-end delivery, "
+        "docs/sink.md), not just the broker's PUBACK; needs a sink that sends receipts (ours does).",
+    )
+    receipt_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="With await_receipt: a row with no receipt this long after PUBACK is sent again.",
+    )
     drain_timeout_s: float = Field(
         5.0, ge=0, description="On a clean stop, wait up to this long for the spool to be delivered."
     )

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import sys
 
-from .protocol import MESSAGES, TOPIC_ROOT
+from pydantic import BaseModel
+
+from .protocol import MESSAGES, TOPIC_ROOT, Receipt
 
 _TOPICS = [
     (
@@ -25,6 +27,13 @@ _TOPICS = [
     ),
     ("telemetry", "1", "no", "periodic driver summary (`mqtt.telemetry_interval_s`); unique by `msg_id`"),
     ("stats", "0", "no", "runtime health every `stats_interval_s`; only the newest matters, not spooled"),
+    (
+        "receipt",
+        "1",
+        "no",
+        "sink → vehicle: keys of messages committed; with `mqtt.await_receipt` a spooled row leaves "
+        "only on its receipt",
+    ),
 ]
 
 
@@ -48,8 +57,15 @@ def render() -> str:
         "receiver must therefore store idempotently: events by `(event_id, phase)`, telemetry by",
         "`msg_id`. When the spool is full, telemetry is evicted before events (counted in `stats`).",
         "",
+        "End-to-end delivery (`mqtt.await_receipt = true`): a PUBACK only moves the row to 'awaiting",
+        "receipt'; the sink publishes a `receipt` with the keys it has committed, and only then is the",
+        "row deleted. A row with no receipt after `mqtt.receipt_timeout_s` is sent again. This holds",
+        "even when a broker drops messages it had acknowledged (Mosquitto after a restart, for shared",
+        "subscriptions: docs/sink.md).",
+        "",
     ]
-    for name, model in MESSAGES.items():
+    models: dict[str, type[BaseModel]] = {**MESSAGES, "receipt": Receipt}
+    for name, model in models.items():
         out += [f"## `{name}`", "", "```json", json.dumps(model.model_json_schema(), indent=2), "```", ""]
     return "\n".join(out)
 

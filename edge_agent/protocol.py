@@ -131,7 +131,7 @@ class Event(BaseModel):
 TOPIC_ROOT = "sleepsafe/v1"
 
 
-def topic(device_id: str, kind: Literal["status", "event", "telemetry", "stats"]) -> str:
+def topic(device_id: str, kind: Literal["status", "event", "telemetry", "stats", "receipt"]) -> str:
     """``sleepsafe/v1/<device>/<kind>``."""
     return f"{TOPIC_ROOT}/{device_id}/{kind}"
 
@@ -198,6 +198,28 @@ class Stats(BaseModel):
     model_versions: dict[str, str]
 
 
+class Receipt(BaseModel):
+    """Sent by the sink on ``.../receipt`` (QoS 1) once messages are committed (stored, already
+    stored, or kept as dead letters).  A vehicle with ``mqtt.await_receipt`` keeps each event and
+    telemetry row in its spool until its key is in a receipt, and sends it again when none comes:
+    delivery is then end to end, whatever the broker loses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    device_id: str
+    time: datetime
+    keys: list[str] = Field(description="receipt_key() of each message: event_id:phase, or msg_id.")
+
+
+def receipt_key(msg: Event | Telemetry) -> str:
+    """The idempotency key the sink stores by, as one string."""
+    if isinstance(msg, Event):
+        return f"{msg.event_id}:{msg.phase}"
+    return str(msg.msg_id)
+
+
+# What vehicles send (the sink validates these); the sink sends receipts back.
 MESSAGES: dict[str, type[BaseModel]] = {
     "status": Status,
     "event": Event,

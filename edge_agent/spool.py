@@ -5,6 +5,10 @@ Every QoS 1 message is written here first and deleted only when the broker ackno
 here is delivered later, in order (rows leave by ascending id).  The queue is bounded; when it is
 full, periodic telemetry is evicted before events, the oldest first, and every eviction is
 counted and reported in stats.
+
+With end-to-end receipts, a PUBACK does not delete the row: it records when the broker took it
+(``sent``) and the row waits, out of the publishing order, for the sink's receipt of its ``key``;
+``requeue`` puts rows whose receipt is overdue back in line.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +26,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     kind    TEXT    NOT NULL,   -- 'event' or 'telemetry'
     topic   TEXT    NOT NULL,
     payload BLOB    NOT NULL,
-    created REAL    NOT NULL
+    created REAL    NOT NULL,
+    key     TEXT,               -- the sink's idempotency key (receipts)
+    sent    REAL                -- broker PUBACK time, while awaiting the sink's receipt
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -55,6 +62,11 @@ class Spool:
             # transactions but never corrupts the file.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+            for col, decl in (("key", "TEXT"), ("sent", "REAL")):  # spools written by 0.1.0
+                if col not in cols:
+                    self._db.execute(f"ALTER TABLE outbox ADD COLUMN {col} {decl}")
+            self._db.execute("CREATE INDEX IF NOT EXISTS outbox_key ON outbox(key)")
         except sqlite3.DatabaseError as err:
             raise SpoolError(f"spool {path}: {err}") from None
         self._lock = threading.Lock()
@@ -62,17 +74,22 @@ class Spool:
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
         ).fetchone()
 
-    def put_many(self, items: list[tuple[str, str, bytes]]) -> list[int]:
-        """Append ``(kind, topic, payload)`` rows in one transaction; evict to stay in bounds."""
+    def put_many(
+        self, items: Sequence[tuple[str, str, bytes] | tuple[str, str, bytes, str | None]]
+    ) -> list[int]:
+        """Append ``(kind, topic, payload[, key])`` rows in one transaction; evict to stay in
+        bounds."""
         ids = []
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for kind, topic, payload in items:
+                for item in items:
+                    kind, topic, payload = item[0], item[1], item[2]
+                    key = item[3] if len(item) > 3 else None
                     cur = self._db.execute(
-                        "INSERT INTO outbox (kind, topic, payload, created) VALUES (?, ?, ?, ?)",
-                        (kind, topic, payload, now),
+                        "INSERT INTO outbox (kind, topic, payload, created, key) VALUES (?, ?, ?, ?, ?)",
+                        (kind, topic, payload, now, key),
                     )
                     ids.append(int(cur.lastrowid or 0))
                     self._rows += 1
@@ -108,10 +125,11 @@ class Spool:
                 )
 
     def peek(self, limit: int, after_id: int = 0) -> list[Row]:
-        """The oldest rows with id > ``after_id``, in order."""
+        """The oldest rows with id > ``after_id`` not awaiting a receipt, in order."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, kind, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT id, kind, topic, payload FROM outbox "
+                "WHERE id > ? AND sent IS NULL ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
         return [Row(int(r[0]), str(r[1]), str(r[2]), bytes(r[3])) for r in rows]
@@ -124,6 +142,45 @@ class Spool:
             if got is not None:
                 self._rows -= 1
                 self._bytes -= int(got[0])
+
+    def mark_sent(self, row_id: int) -> bool:
+        """The broker has it, the sink may not yet: keep the row until its receipt.  False if
+        the row has no key (nothing will ever receipt it): the caller acks it instead."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE outbox SET sent = ? WHERE id = ? AND key IS NOT NULL", (time.time(), row_id)
+            )
+        return cur.rowcount > 0
+
+    def receipt(self, keys: list[str]) -> int:
+        """The sink has committed these: delete their rows.  Returns how many were deleted."""
+        n = 0
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                part = keys[i : i + 500]
+                marks = ",".join("?" * len(part))
+                for (size,) in self._db.execute(
+                    f"DELETE FROM outbox WHERE key IN ({marks}) RETURNING LENGTH(payload)", part
+                ).fetchall():
+                    n += 1
+                    self._rows -= 1
+                    self._bytes -= int(size)
+        return n
+
+    def requeue(self, older_than_s: float) -> int:
+        """Rows the broker took more than ``older_than_s`` ago with no receipt since: back in
+        line to be sent again (the sink stores idempotently).  Returns how many."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE outbox SET sent = NULL WHERE sent IS NOT NULL AND sent < ?",
+                (time.time() - older_than_s,),
+            )
+        return int(cur.rowcount)
+
+    def awaiting_receipt(self) -> int:
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE sent IS NOT NULL").fetchone()
+        return int(n)
 
     def depth(self) -> int:
         return int(self._rows)

@@ -17,6 +17,7 @@ import os
 import queue
 import random
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import structlog
 
 from . import __version__
 from .config import BrokerConfig, MqttConfig
-from .protocol import Status, topic
+from .protocol import Receipt, Status, topic
 from .spool import Spool
 
 log = structlog.get_logger(__name__)
@@ -81,7 +82,9 @@ class Publisher:
         self.connects = 0
         self.published = 0
         self.acked = 0
-        self._inbox: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue()
+        self._inbox: queue.Queue[tuple[str, str, bytes, str | None] | None] = queue.Queue()
+        self.receipts = 0  # rows confirmed by the sink's receipts
+        self.resent = 0  # rows sent again for want of a receipt
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -96,6 +99,7 @@ class Publisher:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_message = self._on_receipt
         self.client = c
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
@@ -134,9 +138,10 @@ class Publisher:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def submit(self, kind: str, topic_: str, payload: bytes) -> None:
-        """Queue one QoS 1 message (event or telemetry); never blocks."""
-        self._inbox.put((kind, topic_, payload))
+    def submit(self, kind: str, topic_: str, payload: bytes, key: str | None = None) -> None:
+        """Queue one QoS 1 message (event or telemetry); never blocks.  ``key`` is its
+        :func:`~edge_agent.protocol.receipt_key`, for end-to-end receipts."""
+        self._inbox.put((kind, topic_, payload, key))
 
     def publish_now(self, topic_: str, payload: bytes) -> bool:
         """QoS 0, not spooled (stats): sent if connected, dropped otherwise."""
@@ -170,7 +175,18 @@ class Publisher:
                 return
 
     def _pump_loop(self) -> None:
+        next_requeue = time.monotonic()
         while not self._stop.is_set():
+            if self.cfg.await_receipt and time.monotonic() >= next_requeue:
+                next_requeue = time.monotonic() + self.cfg.receipt_timeout_s / 4
+                n = self.spool.requeue(self.cfg.receipt_timeout_s)
+                if n:
+                    self.resent += n
+                    log.warning("mqtt_no_receipt_resending", rows=n, timeout_s=self.cfg.receipt_timeout_s)
+                    with self._lock:  # start again from the oldest row in line
+                        self._generation += 1
+                        self._inflight.clear()
+                        self._last_sent = 0
             if not self.connected.wait(0.2):
                 continue
             with self._lock:
@@ -211,6 +227,8 @@ class Publisher:
             self._generation += 1
             self._inflight.clear()
             self._last_sent = 0
+        if self.cfg.await_receipt:
+            client.subscribe(topic(self.device_id, "receipt"), qos=1)
         client.publish(topic(self.device_id, "status"), self._status("online"), qos=1, retain=True)
         self.connected.set()
         self._wake.set()
@@ -229,9 +247,19 @@ class Publisher:
         with self._lock:
             row = self._inflight.pop(mid, None)
         if row is not None:
-            self.spool.ack(row)
+            if not (self.cfg.await_receipt and self.spool.mark_sent(row)):
+                self.spool.ack(row)
             self.acked += 1
             self._wake.set()
+
+    def _on_receipt(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            r = Receipt.model_validate_json(msg.payload)
+        except ValueError as err:
+            log.warning("mqtt_bad_receipt", topic=msg.topic, error=str(err).splitlines()[0][:200])
+            return
+        if r.device_id == self.device_id:
+            self.receipts += self.spool.receipt(r.keys)
 
     # ------------------------------------------------------------------ helpers
     def _status(self, state: str) -> bytes:

@@ -246,3 +246,27 @@ def test_daemon_publishes_events_telemetry_stats_and_status(broker: Any, clips: 
     journal = [json.loads(x) for x in (tmp_path / "state" / "events.jsonl").read_text().splitlines()]
     sent = {(e.event_id, e.phase) for e in events}
     assert {(j["event_id"], j["phase"]) for j in journal} <= {(str(a), b) for a, b in sent}
+
+
+def test_spool_keeps_rows_until_their_receipt(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = tmp_path / "old.sqlite3"  # a spool written before receipts existed
+    db = sqlite3.connect(old)
+    db.executescript(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+        "topic TEXT NOT NULL, payload BLOB NOT NULL, created REAL NOT NULL);"
+        "INSERT INTO outbox (kind, topic, payload, created) VALUES ('event', 't', x'00', 0);"
+    )
+    db.commit()
+    db.close()
+    s = Spool(old)
+    assert s.depth() == 1 and not s.mark_sent(s.peek(1)[0].id), "a keyless row is acked, not kept"
+    ids = s.put_many([("event", "t", b"a", "k1"), ("telemetry", "t", b"b", "k2"), ("event", "t", b"c", "k3")])
+    assert s.mark_sent(ids[0]) and s.mark_sent(ids[1])
+    assert [r.id for r in s.peek(10)] == [1, ids[2]], "rows awaiting a receipt are out of line"
+    assert s.depth() == 4 and s.awaiting_receipt() == 2
+    assert s.receipt(["k2", "nope"]) == 1 and s.depth() == 3
+    assert s.requeue(0.0) == 1 and [r.id for r in s.peek(10)] == [1, ids[0], ids[2]]
+    assert s.receipt(["k1", "k3"]) == 2 and s.depth() == 1
+    s.close()

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from cloud_sink import schema
 from cloud_sink.store import Store
 from edge_agent.config import MqttConfig
-from edge_agent.protocol import Event, Telemetry, topic
+from edge_agent.protocol import Event, Telemetry, receipt_key, topic
 from edge_agent.spool import Spool
 from edge_agent.telemetry import Publisher
 from tests.conftest import SinkProcess, wait_until
@@ -76,13 +76,17 @@ class Vehicle:
     def events(self, ns: range) -> None:
         for n in ns:
             e = make_event(self.device, n)
-            self.pub.submit("event", topic(self.device, "event"), e.model_dump_json().encode())
+            self.pub.submit(
+                "event", topic(self.device, "event"), e.model_dump_json().encode(), receipt_key(e)
+            )
             self.sent.add((str(e.event_id), e.phase))
 
     def telemetry(self, ns: range) -> None:
         for n in ns:
             t = make_telemetry(self.device, n)
-            self.pub.submit("telemetry", topic(self.device, "telemetry"), t.model_dump_json().encode())
+            self.pub.submit(
+                "telemetry", topic(self.device, "telemetry"), t.model_dump_json().encode(), receipt_key(t)
+            )
 
     def stop(self) -> None:
         self.pub.stop()
@@ -390,3 +394,38 @@ def test_database_down_mid_stream_loses_nothing(broker: Any, tmp_path: Path) -> 
             assert sink.stop() == 0
     finally:
         pg.stop()
+
+
+def test_receipts_make_shared_sinks_safe_across_a_broker_restart(broker: Any, tmp_path: Path) -> None:
+    """End-to-end delivery: two sinks in a shared group (which Mosquitto forgets when it
+    restarts) and vehicles that keep every row until the sink's receipt.  Whatever the broker
+    drops is sent again; the rows stored are exactly the events recorded."""
+    url = sqlite_url(tmp_path)
+    Store(url).close()
+    shared = {"mqtt.shared": "true"}
+    a = SinkProcess(tmp_path / "sink", broker.port, url, client_id="sink-a", **shared).start()
+    b = SinkProcess(tmp_path / "sink-b", broker.port, url, client_id="sink-b", **shared).start()
+    cars = [
+        Vehicle(tmp_path, broker.port, f"bus-{20 + i}", await_receipt=True, receipt_timeout_s=3).start()
+        for i in range(2)
+    ]
+    try:
+        for car in cars:
+            car.events(range(400))
+        wait_until(lambda: count(url, schema.events) >= 200, "the first events stored")
+        broker.stop()
+        for car in cars:
+            car.events(range(400, 1000))
+            car.telemetry(range(50))
+        broker.start()
+        want = set().union(*(c.sent for c in cars))
+        wait_until(lambda: stored_events(url) >= want, "all 2000 events stored", timeout=90)
+        # Every row leaves a vehicle only on its receipt.
+        wait_until(lambda: all(c.spool.depth() == 0 for c in cars), "the spools to empty on receipts", 60)
+        assert stored_events(url) == want and len(want) == 2000
+        assert count(url, schema.telemetry) == 100
+        assert sum(c.pub.receipts for c in cars) >= 2100
+    finally:
+        for car in cars:
+            car.stop()
+        assert a.stop() == 0 and b.stop() == 0
