@@ -146,6 +146,10 @@ def _wait_count(count: Any, n: int, timeout: float = 600) -> float:
 # ----------------------------------------------------------------------------- consumers
 
 
+def progress(what: str) -> None:
+    print(f"[sink_ingest] {what} ...", file=sys.stderr, flush=True)
+
+
 def run_bare(port: int, total: int, publishers: int, features: int) -> dict[str, Any]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -322,11 +326,14 @@ def main() -> int:
         "cpus": os.cpu_count(),
     }
     try:
+        progress("bare subscriber")
         out["bare"] = run_bare(broker.port, a.events, a.publishers, a.features)
+        progress("sink into SQLite")
         out["sqlite"] = run_sink(
             broker.port, f"sqlite:///{tmp / 'sink.sqlite3'}", a.events, a.publishers, a.features, "sqlite"
         )
         if "postgresql" not in skip:
+            progress("sink into PostgreSQL")
             pg = Postgres(fsync=True)
             pg.start()
             try:
@@ -336,6 +343,7 @@ def main() -> int:
             finally:
                 pg.stop()
         if "paced" not in skip:
+            progress(f"sink into SQLite, paced at {a.paced_rate:.0f}/s")
             n = int(a.paced_rate * 10) - int(a.paced_rate * 10) % a.publishers  # 10 s of traffic
             out["sqlite_paced"] = {
                 "rate": a.paced_rate,
@@ -350,6 +358,7 @@ def main() -> int:
                 ),
             }
         if "naive" not in skip:
+            progress("naive sink")
             out["naive"] = run_naive(broker.port, a.naive_events, a.publishers, a.features)
     finally:
         broker.stop()
