@@ -34,6 +34,7 @@ def _agent(clip: Path, device: str, state: Path, port: int) -> subprocess.Popen[
         f"mqtt.port={port}",
         "mqtt.telemetry_interval_s=0.25",
         "mqtt.drain_timeout_s=20",
+        "mqtt.await_receipt=true",  # rows leave the vehicle only on the sink's receipt
     ]
     args = [a for kv in sets for a in ("--set", kv)]
     return subprocess.Popen(
@@ -57,6 +58,12 @@ def fleet(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         agents = {d: _agent(clips / clip, d, tmp / d, broker.port) for d, clip in CARS.items()}
         for d, proc in agents.items():
             assert proc.wait(timeout=240) == 0, f"agent {d} failed"
+            # A clean stop drained the spool, which with receipts means the sink confirmed all.
+            from edge_agent.spool import Spool
+
+            spool = Spool(tmp / d / "spool.sqlite3")
+            assert spool.depth() == 0, f"{d}: {spool.depth()} rows never receipted"
+            spool.close()
         journals = {
             d: [json.loads(x) for x in (tmp / d / "events.jsonl").read_text().splitlines()] for d in CARS
         }

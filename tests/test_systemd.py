@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -295,3 +296,34 @@ def test_live_install_needs_root_or_says_so() -> None:
         pytest.skip("running as root: a live install would change this machine")
     proc = _install("--no-venv")
     assert proc.returncode == 69 and "needs root" in proc.stderr
+
+
+def test_sink_says_ready_and_stopping_to_systemd(broker: Any, tmp_path: Path) -> None:
+    """The sink unit is Type=notify: READY=1 comes once the API listens, STOPPING=1 on SIGTERM."""
+    from tests.conftest import API_TOKEN
+
+    sock, addr = _listen(False, tmp_path)
+    sets = {
+        "state_dir": str(tmp_path / "sink"),
+        "mqtt.host": "127.0.0.1",
+        "mqtt.port": str(broker.port),
+        "api.port": "0",
+        "api.tokens": f'["{API_TOKEN}"]',
+    }
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloud_sink.cli", *args, "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "NOTIFY_SOCKET": addr},
+    )
+    try:
+        ready = _recv_until(sock, "READY=1", 60)[-1]
+        assert ready.startswith("READY=1\nSTATUS=api on 127.0.0.1:")
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in _recv_until(sock, "STOPPING=1", 30)[-1]
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
