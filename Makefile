@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 STATE  ?= $(CURDIR)/.state
 CLIP   ?= WolfgangLanger_Pexels.mp4
 
-.PHONY: run test install clips lint typecheck unit bench eval clean
+.PHONY: run test install clips lint typecheck unit bench bench-sink eval clean
 
 $(STAMP): pyproject.toml scripts/system-deps.sh
 	./scripts/system-deps.sh
@@ -48,6 +48,11 @@ eval: clips
 
 bench: clips
 	$(BIN)/python benchmarks/frame_loop.py
+
+## Sink ingest: bare subscriber vs sink into SQLite / PostgreSQL vs a naive sink (real Mosquitto).
+bench-sink: install
+	./scripts/system-deps.sh --test
+	$(BIN)/python benchmarks/sink_ingest.py --features 0
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(STATE)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +271,42 @@ def test_spool_keeps_rows_until_their_receipt(tmp_path: Path) -> None:
     assert s.requeue(0.0) == 1 and [r.id for r in s.peek(10)] == [1, ids[0], ids[2]]
     assert s.receipt(["k1", "k3"]) == 2 and s.depth() == 1
     s.close()
+
+
+def test_publisher_keeps_rows_until_receipt_and_ignores_bad_receipts(broker: Any, tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_agent.protocol import Receipt
+
+    spool = Spool(tmp_path / "spool.sqlite3")
+    cfg = MqttConfig(
+        enabled=True, host="127.0.0.1", port=broker.port, await_receipt=True, receipt_timeout_s=600
+    )
+    pub = Publisher(cfg, "bus-8", spool).start()
+    sink = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fake-sink", protocol=mqtt.MQTTv5)
+    sink.connect("127.0.0.1", broker.port)
+    sink.loop_start()
+    try:
+        for n in range(10):
+            pub.submit("event", topic("bus-8", "event"), _payload(n), f"key-{n}")
+        wait_until(lambda: pub.acked == 10, "10 PUBACKs")
+        assert spool.depth() == 10 and spool.awaiting_receipt() == 10, "a PUBACK alone deletes nothing"
+
+        def receipt(payload: bytes) -> None:
+            sink.publish(topic("bus-8", "receipt"), payload, qos=1).wait_for_publish(10)
+
+        receipt(b"\xff not json")  # logged and ignored; the publisher carries on
+        now = datetime.now(timezone.utc)
+        receipt(Receipt(device_id="bus-9", time=now, keys=["key-0"]).model_dump_json().encode())  # not ours
+        receipt(
+            Receipt(device_id="bus-8", time=now, keys=[f"key-{n}" for n in range(6)])
+            .model_dump_json()
+            .encode()
+        )
+        wait_until(lambda: spool.depth() == 4, "rows 0-5 deleted by their receipt")
+        assert pub.receipts == 6 and pub.connected.is_set()
+    finally:
+        sink.loop_stop()
+        sink.disconnect()
+        pub.stop()
