@@ -69,6 +69,15 @@ def jitter_backoff(client: Any, cfg: BrokerConfig) -> None:
     client.reconnect_delay_set(min_delay=max(1, round(lo)), max_delay=max(1, round(cfg.reconnect_max_s)))
 
 
+MAX_RECEIPT_BACKOFF = 16
+
+
+def next_backoff(current: int, receipts_since: bool) -> int:
+    """Resend rounds with no receipt in between double the wait (up to 16 × receipt_timeout_s);
+    any receipt means a sink is back, and the wait returns to one timeout."""
+    return 1 if receipts_since else min(current * 2, MAX_RECEIPT_BACKOFF)
+
+
 class Publisher:
     def __init__(self, cfg: MqttConfig, device_id: str, spool: Spool) -> None:
         import paho.mqtt.client as mqtt
@@ -85,6 +94,7 @@ class Publisher:
         self._inbox: queue.Queue[tuple[str, str, bytes, str | None] | None] = queue.Queue()
         self.receipts = 0  # rows confirmed by the sink's receipts
         self.resent = 0  # rows sent again for want of a receipt
+        self.receipt_backoff = 1  # multiplier of receipt_timeout_s (see next_backoff)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -176,13 +186,24 @@ class Publisher:
 
     def _pump_loop(self) -> None:
         next_requeue = time.monotonic()
+        receipts_seen = self.receipts
         while not self._stop.is_set():
             if self.cfg.await_receipt and time.monotonic() >= next_requeue:
-                next_requeue = time.monotonic() + self.cfg.receipt_timeout_s / 4
-                n = self.spool.requeue(self.cfg.receipt_timeout_s)
+                timeout = self.cfg.receipt_timeout_s * self.receipt_backoff
+                next_requeue = time.monotonic() + timeout / 4
+                n = self.spool.requeue(timeout)
                 if n:
                     self.resent += n
-                    log.warning("mqtt_no_receipt_resending", rows=n, timeout_s=self.cfg.receipt_timeout_s)
+                    # No sink answering (down, or none that sends receipts): wait longer before
+                    # the next round, so a fleet does not flood the broker with its backlog.
+                    self.receipt_backoff = next_backoff(self.receipt_backoff, self.receipts > receipts_seen)
+                    receipts_seen = self.receipts
+                    log.warning(
+                        "mqtt_no_receipt_resending",
+                        rows=n,
+                        timeout_s=timeout,
+                        next_backoff=self.receipt_backoff,
+                    )
                     with self._lock:  # start again from the oldest row in line
                         self._generation += 1
                         self._inflight.clear()
@@ -260,6 +281,7 @@ class Publisher:
             return
         if r.device_id == self.device_id:
             self.receipts += self.spool.receipt(r.keys)
+            self.receipt_backoff = 1  # a sink answers: overdue rows go again after one timeout
 
     # ------------------------------------------------------------------ helpers
     def _status(self, state: str) -> bytes:

@@ -310,3 +310,13 @@ def test_publisher_keeps_rows_until_receipt_and_ignores_bad_receipts(broker: Any
         sink.loop_stop()
         sink.disconnect()
         pub.stop()
+
+
+def test_receipt_resend_backs_off_while_no_sink_answers() -> None:
+    from edge_agent.telemetry import MAX_RECEIPT_BACKOFF, next_backoff
+
+    seq = [1]
+    for _ in range(6):
+        seq.append(next_backoff(seq[-1], receipts_since=False))
+    assert seq == [1, 2, 4, 8, 16, MAX_RECEIPT_BACKOFF, MAX_RECEIPT_BACKOFF]
+    assert next_backoff(16, receipts_since=True) == 1
