@@ -62,6 +62,12 @@ async function drawTimeline(device, hours) {
       marker: { color: COLORS[ty] }, yaxis: "y",
     };
   });
+  // The driver state each telemetry sample reported (AWAKE, DROWSY, ...): a band of markers.
+  const STATE_COLORS = { AWAKE: "#2e7d32", DROWSY: "#ef6c00", MICROSLEEP: "#c62828", SLEEP: "#7b1fa2",
+    DISTRACTED: "#f9a825", NO_FACE: "#546e7a", CAMERA_LOST: "#37474f" };
+  traces.push({ type: "scatter", mode: "markers", name: "state", x: t.telemetry.map(r => r.time),
+    y: t.telemetry.map(() => "state"), text: t.telemetry.map(r => r.state), hoverinfo: "x+text",
+    marker: { symbol: "square", size: 9, color: t.telemetry.map(r => STATE_COLORS[r.state] || "#999") } });
   traces.push({ type: "scatter", mode: "lines", name: "PERCLOS", x: t.telemetry.map(r => r.time),
     y: t.telemetry.map(r => r.perclos), yaxis: "y2", line: { color: "#1565c0" } });
   Plotly.react("chart-timeline", traces, {
