@@ -14,6 +14,7 @@ if [ "${1:-}" = "--test" ]; then
   # The sink's PostgreSQL path and its dashboard test (Chromium, driven by Playwright).
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
   command -v chromium >/dev/null || need+=(chromium)
+  command -v openssl >/dev/null || need+=(openssl)  # the mutual-TLS broker test makes its own CA
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing system packages: ${need[*]}" >&2

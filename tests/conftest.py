@@ -109,7 +109,8 @@ class Mosquitto:
     """A real Mosquitto broker on a free loopback port, with persistence, that a test can stop and
     start again on the same port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, listener_extra: str = "", auth: str = "allow_anonymous true\n") -> None:
+        """``listener_extra``: lines for the listener (TLS files); ``auth``: how clients log in."""
         import socket
 
         self.dir = workdir
@@ -123,7 +124,7 @@ class Mosquitto:
             self.port = s.getsockname()[1]
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{run_as}persistence true\n"
+            f"listener {self.port} 127.0.0.1\n{listener_extra}{auth}{run_as}persistence true\n"
             f"persistence_location {workdir}/\nlog_dest stderr\n"
             # As docs/sink.md asks of a production broker: never drop queued QoS 1 messages for
             # a sink that is down or slow (Mosquitto's default drops after 1000).
@@ -285,7 +286,10 @@ class SinkProcess:
         self.port = 0
         self.log: list[dict[str, Any]] = []
 
-    def start(self) -> SinkProcess:
+    def start(
+        self, until: frozenset[str] = frozenset({"sink_api_listening", "sink_subscribed"})
+    ) -> SinkProcess:
+        """Start it and read its log until every event in ``until`` was logged."""
         import json
         import subprocess
         import sys
@@ -311,7 +315,7 @@ class SinkProcess:
             if ev == "sink_api_listening":
                 self.port = int(rec["port"])
             got.add(str(ev))
-            if {"sink_api_listening", "sink_subscribed"} <= got:
+            if until <= got:
                 break
         else:
             raise RuntimeError(f"sink exited {self.proc.wait()}: {self.log[-3:]}")

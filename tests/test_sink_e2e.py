@@ -429,3 +429,72 @@ def test_receipts_make_shared_sinks_safe_across_a_broker_restart(broker: Any, tm
         for car in cars:
             car.stop()
         assert a.stop() == 0 and b.stop() == 0
+
+
+def _pki(d: Path) -> None:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=sleepsafe-test-ca")  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")  # fmt: skip
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+
+
+def test_mutual_tls_and_passwords_from_credentials_end_to_end(tmp_path: Path, monkeypatch: Any) -> None:
+    """The broker as production runs it: TLS only, client certificates required, no anonymous
+    clients.  Vehicle and sink read their passwords from $CREDENTIALS_DIRECTORY (systemd's
+    LoadCredential=); a sink with a wrong password is refused and keeps running."""
+    import shutil
+
+    from tests.conftest import Mosquitto
+
+    if shutil.which("openssl") is None:
+        import pytest
+
+        pytest.skip("openssl is not installed")
+    pki = tmp_path / "pki"
+    _pki(pki)
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pki / "passwd"), "fleet", "s3cret"], check=True)
+    tls = (
+        f"cafile {pki}/ca.crt\ncertfile {pki}/server.crt\nkeyfile {pki}/server.key\n"
+        "require_certificate true\n"
+    )
+    broker = Mosquitto(
+        tmp_path / "broker", listener_extra=tls, auth=f"allow_anonymous false\npassword_file {pki}/passwd\n"
+    )
+    broker.start()
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    files = {"ca_file": pki / "ca.crt", "cert_file": pki / "client.crt", "key_file": pki / "client.key"}
+    sets = {f"mqtt.{k}": str(v) for k, v in files.items()} | {"mqtt.username": "fleet"}
+    url = sqlite_url(tmp_path)
+    sink = SinkProcess(tmp_path / "sink", broker.port, url, **sets).start()
+    bad_url = f"sqlite:///{tmp_path / 'bad.sqlite3'}"
+    bad = SinkProcess(
+        tmp_path / "bad", broker.port, bad_url, client_id="sink-bad", **sets | {"mqtt.password": "wrong"}
+    )
+    car = Vehicle(tmp_path, broker.port, "bus-30", username="fleet", **files).start()
+    try:
+        car.events(range(50))
+        wait_until(lambda: len(stored_events(url)) >= 50, "50 events over mutual TLS")
+        assert stored_events(url) == car.sent
+        # The wrong password: refused by the broker, said in one log line, the process lives on.
+        bad.start(until=frozenset({"sink_api_listening", "sink_mqtt_connect_refused"}))
+        assert any(r.get("event") == "sink_mqtt_connect_refused" for r in bad.log), bad.log[-3:]
+        assert bad.proc.poll() is None
+    finally:
+        car.stop()
+        assert sink.stop() == 0
+        if bad.proc is not None:
+            bad.stop()
+        broker.stop()
