@@ -177,7 +177,7 @@ def create_app(
         since: Annotated[datetime | None, Query(description="ISO 8601; events starting at or after.")] = None,
         until: Annotated[datetime | None, Query(description="ISO 8601; events starting before.")] = None,
         limit: Annotated[int, Query(ge=1, le=cfg.api.max_page)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     ) -> list[dict[str, Any]]:
         return store.events(
             device=device,
