@@ -9,40 +9,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import structlog
 
-from edge_agent import __version__
-from edge_agent.cli import add_install_args, cmd_install_service
+from edge_agent.cli import add_config_args, add_install_args, cmd_install_service, die
 from edge_agent.config import EX_CONFIG, ConfigError, parse_overrides
 from edge_agent.logs import configure_logging
 
-from .config import SinkConfig, load_sink_config
+from .config import DEFAULT_SINK_CONFIG_PATH, load_sink_config
 
 EX_UNAVAILABLE = 69
 log = structlog.get_logger(__name__)
 
 
 def _die(code: int, message: str) -> int:
-    print(f"sleepsafe-sink: {message}", file=sys.stderr)
-    return code
+    return die("sleepsafe-sink", code, message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sleepsafe-sink", description="SleepSafe fleet sink.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument(
-        "--config", type=Path, help="TOML config file (default /etc/sleepsafe/sink.toml if present)"
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set store.url=postgresql+psycopg://... (repeatable)",
-    )
+    add_config_args(p, DEFAULT_SINK_CONFIG_PATH, "store.url=postgresql+psycopg://...")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="subscribe, store and serve the API and dashboard")
     sub.add_parser("migrate", help="bring the database schema up to date and exit")
@@ -55,18 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _store(cfg: SinkConfig):  # type: ignore[no-untyped-def]
-    from .store import Store
-
-    return Store(cfg.database_url())
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
     if args.command == "install-service":
         return cmd_install_service(args)
-    from .store import StoreError
+    from .store import Store, StoreError
 
     try:
         cfg = load_sink_config(args.config, parse_overrides(args.overrides))
@@ -80,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 "api: no bearer token: set api.tokens or put one per line in "
                 f"$CREDENTIALS_DIRECTORY/{cfg.api.token_credential} (or set api.enabled=false)"
             )
-        store = _store(cfg)
+        store = Store(cfg.database_url())
         if args.command == "migrate":
             print(f"schema up to date: {store.safe_url}")
             return 0

@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
 
-from edge_agent.config import BrokerConfig, LoggingConfig, _Section, load_settings
+from edge_agent.config import (
+    BrokerConfig,
+    LoggingConfig,
+    TomlSettings,
+    _Section,
+    load_settings,
+    read_credential,
+)
 
 DEFAULT_SINK_CONFIG_PATH = Path("/etc/sleepsafe/sink.toml")
 
@@ -110,7 +112,7 @@ class ApiConfig(_Section):
         return v
 
 
-class SinkConfig(BaseSettings):
+class SinkConfig(TomlSettings):
     """Everything the sink reads at start-up."""
 
     model_config = SettingsConfigDict(
@@ -126,31 +128,16 @@ class SinkConfig(BaseSettings):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
     stats_interval_s: float = Field(30.0, gt=0, description="How often ingest counters are logged.")
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
-
     def database_url(self) -> str:
         return self.store.url or f"sqlite:///{self.state_dir / 'sink.sqlite3'}"
 
     def api_tokens(self) -> list[str]:
         """Configured tokens plus those in the credential file (blank lines and # comments skipped)."""
         tokens = [t.get_secret_value() for t in self.api.tokens]
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if creds:
-            path = Path(creds) / self.api.token_credential
-            if path.is_file():
-                for raw in path.read_text().splitlines():
-                    line = raw.strip()
-                    if line and not line.startswith("#"):
-                        tokens.append(line)
+        for raw in (read_credential(self.api.token_credential) or "").splitlines():
+            line = raw.strip()
+            if line and not line.startswith("#"):
+                tokens.append(line)
         return [t for t in tokens if t]
 
 

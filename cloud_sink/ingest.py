@@ -125,6 +125,11 @@ class Ingest:
         self.client = c
         self._writer = threading.Thread(target=self._write_loop, name="sink-writer", daemon=True)
 
+    @property
+    def queue_depth(self) -> int:
+        """Received, not yet committed."""
+        return len(self._q)
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Ingest:
         from paho.mqtt.packettypes import PacketTypes
@@ -263,11 +268,10 @@ class Ingest:
                     return False
                 delay = min(delay * 2, 30.0)
         rejected = [it for it in items if isinstance(it, Rejected)]
-        for it in items:
-            if isinstance(it, Rejected):
-                self.metrics.dead.labels(it.code).inc()
-            else:
-                self.metrics.received.labels(it.kind).inc()
+        for code, n in collections.Counter(it.code for it in rejected).items():
+            self.metrics.dead.labels(code).inc(n)
+        for kind, n in collections.Counter(it.kind for it in items if isinstance(it, Valid)).items():
+            self.metrics.received.labels(kind).inc(n)
         if rejected:  # one line per batch, not per message: a flood must not flood the journal
             first = rejected[0]
             log.warning(

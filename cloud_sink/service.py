@@ -96,6 +96,6 @@ def _stats_loop(cfg: SinkConfig, ingest: Ingest, stop: threading.Event) -> None:
             "sink_stats",
             connected=ingest.connected.is_set(),
             committed=ingest.committed,
-            queue=len(ingest._q),
+            queue=ingest.queue_depth,
             totals=dict(ingest.totals),
         )

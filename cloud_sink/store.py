@@ -11,7 +11,7 @@ so a stale Last Will arriving late never marks a live vehicle offline.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -297,10 +297,13 @@ class Store:
             rows = conn.execute(q.order_by(*order).limit(limit).offset(offset)).mappings().all()
         return [_event_out(r) for r in rows]
 
-    def recent_events(self, limit: int = 50) -> list[dict[str, Any]]:
+    def recent_events(self, limit: int = 50, phase: str | None = None) -> list[dict[str, Any]]:
         e = schema.events.c
+        q = select(schema.events)
+        if phase:
+            q = q.where(e.phase == phase)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(schema.events).order_by(e.id.desc()).limit(limit)).mappings().all()
+            rows = conn.execute(q.order_by(e.id.desc()).limit(limit)).mappings().all()
         return [_event_out(r) for r in rows]
 
     def devices(self) -> list[dict[str, Any]]:
@@ -400,7 +403,7 @@ class Store:
             "alerts_per_hour": [{"hour": h + "Z", "type": ty, "count": int(n)} for h, ty, n in per_hour],
             "alerts_per_device": {d: int(n) for d, n in per_device},
             "perclos_histogram": {"edges": [i / 20 for i in range(21)], "counts": counts},
-            "recent_alerts": [x for x in self.recent_events(200) if x["phase"] == "raised"][:20],
+            "recent_alerts": self.recent_events(20, phase="raised"),
             "statistics": self.statistics(),
         }
 
@@ -559,14 +562,3 @@ def _event_out(r: Any) -> dict[str, Any]:
     d = _times_out(dict(r))
     d.pop("features", None)  # the feature window is for retraining exports, not lists
     return d
-
-
-def iter_batches(items: Iterable[Any], n: int) -> Iterable[list[Any]]:
-    batch: list[Any] = []
-    for x in items:
-        batch.append(x)
-        if len(batch) >= n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from . import __version__
-from .config import EX_CONFIG, ConfigError, EdgeConfig, load_config, parse_overrides
+from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, ConfigError, EdgeConfig, load_config, parse_overrides
 from .logs import configure_logging
 from .protocol import Event
 
@@ -28,25 +28,33 @@ EX_CANTCREAT = 73
 log = structlog.get_logger(__name__)
 
 
-def _die(code: int, message: str) -> int:
-    print(f"sleepsafe-edge: {message}", file=sys.stderr)
+def die(prog: str, code: int, message: str) -> int:
+    """The one-line error every command ends with (never a traceback)."""
+    print(f"{prog}: {message}", file=sys.stderr)
     return code
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sleepsafe-edge", description="SleepSafe Edge driver-drowsiness agent.")
+def _die(code: int, message: str) -> int:
+    return die("sleepsafe-edge", code, message)
+
+
+def add_config_args(p: argparse.ArgumentParser, default_config: Path, example: str) -> None:
+    """--version, --config and --set, the same for every daemon."""
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument(
-        "--config", type=Path, help="TOML config file (default /etc/sleepsafe/edge.toml if present)"
-    )
+    p.add_argument("--config", type=Path, help=f"TOML config file (default {default_config} if present)")
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set detector.microsleep_s=1.2 (repeatable)",
+        help=f"override a config value, e.g. --set {example} (repeatable)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sleepsafe-edge", description="SleepSafe Edge driver-drowsiness agent.")
+    add_config_args(p, DEFAULT_CONFIG_PATH, "detector.microsleep_s=1.2")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon on a camera, stream or file")

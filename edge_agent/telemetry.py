@@ -13,19 +13,17 @@ exit, each with a persistent session sequence number.
 
 from __future__ import annotations
 
-import os
 import queue
 import random
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from . import __version__
-from .config import BrokerConfig, MqttConfig
+from .config import BrokerConfig, MqttConfig, read_credential
 from .protocol import Receipt, Status, topic
 from .spool import Spool
 
@@ -35,13 +33,7 @@ log = structlog.get_logger(__name__)
 def resolve_password(cfg: BrokerConfig) -> str | None:
     if cfg.password:
         return cfg.password
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds:
-        path = Path(creds) / cfg.password_credential
-        if path.is_file():
-            text = path.read_text().strip()
-            return text or None
-    return None
+    return (read_credential(cfg.password_credential) or "").strip() or None
 
 
 def new_client(cfg: BrokerConfig, client_id: str, **kwargs: Any) -> Any:

@@ -12,6 +12,17 @@ from edge_agent.configdoc import example_toml, markdown
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _uncommented(example: str, out: Path, state_dir: str) -> Path:
+    """The example with every key that has a value uncommented (and the state dir in tmp): it
+    must load and equal the defaults."""
+    lines = []
+    for line in example.splitlines():
+        m = re.match(r"# (\w+) = (.+)$", line)
+        lines.append(f"{m.group(1)} = {m.group(2)}" if m else line)
+    out.write_text("\n".join(lines).replace(f'state_dir = "{state_dir}"', f'state_dir = "{out.parent}"'))
+    return out
+
+
 def test_readme_config_reference_is_current() -> None:
     readme = (REPO / "README.md").read_text()
     block = re.search(r"<!-- config-reference -->\n(.*?)\n<!-- /config-reference -->", readme, re.S)
@@ -24,15 +35,7 @@ def test_example_toml_is_current_and_valid(tmp_path: Path) -> None:
     assert shipped == example_toml(), (
         "run: python -m edge_agent.configdoc toml > edge_agent/edge.example.toml"
     )
-    # Uncomment every key that has a value: the result must load and equal the defaults.
-    lines = []
-    for line in shipped.splitlines():
-        m = re.match(r"# (\w+) = (.+)$", line)
-        lines.append(f"{m.group(1)} = {m.group(2)}" if m else line)
-    cfg_file = tmp_path / "edge.toml"
-    cfg_file.write_text(
-        "\n".join(lines).replace('state_dir = "/var/lib/sleepsafe"', f'state_dir = "{tmp_path}"')
-    )
+    cfg_file = _uncommented(shipped, tmp_path / "edge.toml", "/var/lib/sleepsafe")
     cfg = load_config(cfg_file)
     defaults = load_config(None, {"state_dir": str(tmp_path)})
     assert cfg.model_dump() == defaults.model_dump()
@@ -58,14 +61,7 @@ def test_sink_config_docs_are_current_and_valid(tmp_path: Path) -> None:
     assert shipped == example_toml("sink"), (
         "run: python -m edge_agent.configdoc toml sink > cloud_sink/sink.example.toml"
     )
-    lines = []
-    for line in shipped.splitlines():
-        m = re.match(r"# (\w+) = (.+)$", line)
-        lines.append(f"{m.group(1)} = {m.group(2)}" if m else line)
-    cfg_file = tmp_path / "sink.toml"
-    cfg_file.write_text(
-        "\n".join(lines).replace('state_dir = "/var/lib/sleepsafe-sink"', f'state_dir = "{tmp_path}"')
-    )
+    cfg_file = _uncommented(shipped, tmp_path / "sink.toml", "/var/lib/sleepsafe-sink")
     assert (
         load_sink_config(cfg_file).model_dump()
         == load_sink_config(None, {"state_dir": str(tmp_path)}).model_dump()
