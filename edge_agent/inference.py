@@ -22,7 +22,7 @@ import numpy.typing as npt
 import structlog
 
 from .config import ModelsConfig
-from .eyecrop import CROP_H, CROP_W
+from .eyecrop import CHANNELS, CROP_H, CROP_W
 
 log = structlog.get_logger(__name__)
 
@@ -260,7 +260,7 @@ class EyeStateModel(OnnxModel):
     """P(eye closed) for both eyes of a frame, as one batch of two."""
 
     def __init__(self, path: Path, cfg: ModelsConfig, state_dir: Path) -> None:
-        super().__init__(path, (1, 1, CROP_H, CROP_W), 1, cfg, state_dir, "eye_state")
+        super().__init__(path, (1, CHANNELS, CROP_H, CROP_W), 1, cfg, state_dir, "eye_state")
 
     def predict(self, crops: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return self.run(crops)[:, 0]

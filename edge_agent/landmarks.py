@@ -92,14 +92,15 @@ class MediaPipeFaceMesh:
 
     name = "mediapipe-facemesh"
 
-    def __init__(self, cfg: LandmarkConfig, full: bool = False) -> None:
+    def __init__(self, cfg: LandmarkConfig, full: bool = False, static: bool = False) -> None:
+        """``static``: every image on its own (stills for training data), no tracking."""
         os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
         import mediapipe as mp
 
         self.version = f"mediapipe-{mp.__version__}"
         self._full = full
         self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=False,
+            static_image_mode=static,
             max_num_faces=cfg.max_faces,
             refine_landmarks=True,
             min_detection_confidence=cfg.min_detection_confidence,

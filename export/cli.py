@@ -55,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    crops = labels = None
+    inputs = labels = None
     if args.data:
+        from edge_agent.eyecrop import model_input
         from models.dataset import TEST_SUBJECTS, eye_samples, load_all
 
         try:
-            crops, labels, _ = eye_samples(load_all(args.data), TEST_SUBJECTS)
+            held = eye_samples(load_all(args.data), TEST_SUBJECTS)
+            inputs, labels = model_input(held.crops, held.lids), held.labels
         except (FileNotFoundError, ValueError) as err:
             print(f"sleepsafe-export: {err}", file=sys.stderr)
             return 66
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             fp16=args.fp16,
             int8=args.int8,
             simplify=not args.no_simplify,
-            eval_crops=crops,
+            eval_inputs=inputs,
             eval_labels=labels,
         )
     except ExportError as err:

@@ -3,7 +3,7 @@
 fp32 export (opset 18, dynamic batch) → ``onnx.checker`` → strict shape inference → optional
 simplification (onnxslim) → metadata in ``metadata_props`` → parity against torch on real crops
 with onnxruntime (the export fails above the tolerance).  Variants: fp16 (for GPU/TensorRT) and
-int8 static quantisation calibrated on real training crops (for CPU-only devices), each with its
+int8 static quantisation calibrated on training inputs (for CPU-only devices), each with its
 own parity and accuracy figures.  Every file gets a model card JSON beside it.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.eyecrop import standardise
+from edge_agent.eyecrop import CHANNELS, CROP_H, CROP_W
 
 OPSET = 18
 INPUT = "crops"
@@ -56,13 +56,13 @@ def _run_ort(path: Path, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 def _accuracy(
-    path: Path, crops: npt.NDArray[np.uint8] | None, labels: npt.NDArray[np.int64] | None
+    path: Path, inputs: npt.NDArray[np.float32] | None, labels: npt.NDArray[np.int64] | None
 ) -> dict[str, Any] | None:
-    if crops is None or labels is None:
+    if inputs is None or labels is None:
         return None
     from models.eye_state import metrics
 
-    p = _run_ort(path, standardise(crops)[:, None])[:, 0]
+    p = _run_ort(path, inputs)[:, 0]
     return metrics(labels, p)
 
 
@@ -112,10 +112,12 @@ def export_eye_state(
     int8: bool = False,
     simplify: bool = True,
     tolerance: float = FP32_TOLERANCE,
-    eval_crops: npt.NDArray[np.uint8] | None = None,
+    eval_inputs: npt.NDArray[np.float32] | None = None,
     eval_labels: npt.NDArray[np.int64] | None = None,
 ) -> dict[str, Any]:
-    """Export and check.  Returns a report with one entry per written file."""
+    """Export and check.  ``eval_inputs``: model inputs of real held-out eyes
+    (:func:`edge_agent.eyecrop.model_input`) for the accuracy in each model card.  Returns a
+    report with one entry per written file."""
     import onnx
     import torch
 
@@ -126,7 +128,7 @@ def export_eye_state(
         model, ckpt = load_checkpoint(checkpoint)
     except (FileNotFoundError, ValueError) as err:
         raise ExportError(str(err)) from None
-    probe = standardise(ckpt["probe_crops"])[:, None].astype(np.float32)
+    probe = np.asarray(ckpt["probe_inputs"], dtype=np.float32)
     report_train = ckpt.get("report", {})
     with torch.no_grad():
         expected = model(torch.from_numpy(probe)).numpy()
@@ -157,7 +159,7 @@ def export_eye_state(
             "eye_state",
             ARCH,
             ckpt,
-            {"name": INPUT, "shape": ["batch", 1, 24, 48], "dtype": "float32"},
+            {"name": INPUT, "shape": ["batch", CHANNELS, CROP_H, CROP_W], "dtype": "float32"},
             {"name": OUTPUT, "shape": ["batch", 1], "meaning": "P(eye closed)"},
             report_train.get("preprocessing", ""),
             {"held_out": held, "loso": report_train.get("leave_one_subject_out", [])},
@@ -173,7 +175,7 @@ def export_eye_state(
             )
         out.write_bytes(tmp_out.read_bytes())
 
-    files = [_card(out, "fp32", diff, tolerance, meta, report_train, eval_crops, eval_labels)]
+    files = [_card(out, "fp32", diff, tolerance, meta, report_train, eval_inputs, eval_labels)]
     if fp16:
         from onnxconverter_common import float16
 
@@ -183,12 +185,12 @@ def export_eye_state(
         d16 = float(np.max(np.abs(_run_ort(p16, probe) - expected)))
         if not d16 <= FP16_TOLERANCE:
             raise ExportError(f"fp16 parity: {d16:.3g} exceeds {FP16_TOLERANCE:g}")
-        files.append(_card(p16, "fp16", d16, FP16_TOLERANCE, meta, report_train, eval_crops, eval_labels))
+        files.append(_card(p16, "fp16", d16, FP16_TOLERANCE, meta, report_train, eval_inputs, eval_labels))
     if int8:
         p8 = out.with_name(out.stem + ".int8.onnx")
-        _quantise(out, p8, standardise(ckpt["calibration_crops"])[:, None].astype(np.float32))
+        _quantise(out, p8, np.asarray(ckpt["calibration_inputs"], dtype=np.float32))
         d8 = float(np.max(np.abs(_run_ort(p8, probe) - expected)))
-        files.append(_card(p8, "int8", d8, None, meta, report_train, eval_crops, eval_labels))
+        files.append(_card(p8, "int8", d8, None, meta, report_train, eval_inputs, eval_labels))
     return {"checkpoint": str(checkpoint), "files": files}
 
 
@@ -224,7 +226,7 @@ def _card(
     tolerance: float | None,
     meta: dict[str, Any],
     train: dict[str, Any],
-    crops: npt.NDArray[np.uint8] | None,
+    inputs: npt.NDArray[np.float32] | None,
     labels: npt.NDArray[np.int64] | None,
 ) -> dict[str, Any]:
     card = {
@@ -240,7 +242,7 @@ def _card(
         "preprocessing": meta["preprocessing"],
         "parity_max_abs_diff_vs_torch": diff,
         "parity_tolerance": tolerance,
-        "accuracy_held_out": _accuracy(path, crops, labels),
+        "accuracy_held_out": _accuracy(path, inputs, labels),
         "training": {
             "data": train.get("data", {}),
             "leave_one_subject_out": train.get("leave_one_subject_out", []),

@@ -1,6 +1,7 @@
 """`sleepsafe-train`: prepare real labelled data and train the models (torch; offline only).
 
-sleepsafe-train prepare [--clips DIR] [--labels data/labels/eye_state.csv] [--data DIR]
+sleepsafe-train prepare [--clips DIR] [--labels data/labels/eye_state.csv]
+                        [--stills data/labels/stills.csv] [--data DIR]
 sleepsafe-train eye-state --data DIR [--out models/checkpoints/eye_state.pt] [--epochs N] [--seed S]
 """
 
@@ -28,18 +29,15 @@ def eye_probabilities(clips: list[ClipData], model_path: Path) -> dict[str, Any]
     import numpy as np
 
     from edge_agent.config import ModelsConfig
-    from edge_agent.eyecrop import standardise
+    from edge_agent.eyecrop import model_input
     from edge_agent.inference import EyeStateModel
 
     model = EyeStateModel(model_path, ModelsConfig(providers=["cpu"]), Path("/tmp"))
     out = {}
     for c in clips:
         n = len(c.crops)
-        p = (
-            model.predict(standardise(c.crops.reshape(n * 2, *c.crops.shape[2:]))[:, None])
-            .reshape(n, 2)
-            .mean(axis=1)
-        )
+        x = model_input(c.crops.reshape(n * 2, *c.crops.shape[2:]), c.lids.reshape(n * 2, *c.lids.shape[2:]))
+        p = model.predict(x).reshape(n, 2).mean(axis=1)
         face = c.features[:, -1] > 0.5
         out[c.clip] = np.where(face, p, -1.0).astype(np.float32)
     return out
@@ -53,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     pr = sub.add_parser("prepare", help="run the agent over the labelled clips; store crops and features")
     pr.add_argument("--clips", type=Path, help="clip directory (default: the fetch-clips cache)")
     pr.add_argument("--labels", type=Path, default=REPO / "data" / "labels" / "eye_state.csv")
+    pr.add_argument(
+        "--stills",
+        type=Path,
+        default=REPO / "data" / "labels" / "stills.csv",
+        help="labelled faces in still images ('none' to leave them out)",
+    )
     pr.add_argument("--data", type=Path, default=default_data_dir())
     es = sub.add_parser("eye-state", help="train the eye-state CNN (leave-one-subject-out + held-out test)")
     es.add_argument("--data", type=Path, default=default_data_dir())
@@ -81,12 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prepare":
             from edge_agent.clips import clips_dir
 
-            from .dataset import prepare
+            from .dataset import prepare, prepare_stills
 
-            for path in prepare(args.clips or clips_dir(), args.labels, args.data):
+            source = args.clips or clips_dir()
+            for path in prepare(source, args.labels, args.data):
                 print(path)
+            if str(args.stills) != "none":
+                for path in prepare_stills(source, args.stills, args.data):
+                    print(path)
             return 0
-        from .dataset import load_all
+        from .dataset import load_all, load_stills
 
         if args.command == "temporal":
             from .temporal import TemporalTrainConfig
@@ -115,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             TrainConfig(epochs=args.epochs, seed=args.seed),
             not args.no_progress,
+            stills=load_stills(args.data),
         )
         print(
             json.dumps(

