@@ -82,6 +82,9 @@ class Spool:
         ids = []
         now = time.time()
         with self._lock:
+            # Counted locally and published at COMMIT: depth() reads without the lock, and must
+            # never see a half-done batch (rows in, evictions not yet made).
+            rows, size = self._rows, self._bytes
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for item in items:
@@ -92,9 +95,9 @@ class Spool:
                         (kind, topic, payload, now, key),
                     )
                     ids.append(int(cur.lastrowid or 0))
-                    self._rows += 1
-                    self._bytes += len(payload)
-                self._evict()
+                    rows += 1
+                    size += len(payload)
+                rows, size = self._evict(rows, size)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -102,27 +105,31 @@ class Spool:
                     "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
                 ).fetchone()
                 raise
+            self._rows, self._bytes = rows, size
         return ids
 
     def put(self, kind: str, topic: str, payload: bytes) -> int:
         return self.put_many([(kind, topic, payload)])[0]
 
-    def _evict(self) -> None:
+    def _evict(self, rows: int, size: int) -> tuple[int, int]:
+        """Delete the oldest rows, telemetry first, until ``rows``/``size`` are in bounds;
+        returns them after the deletions (inside the caller's transaction)."""
         for kind in EVICTION_ORDER:
-            while self._rows > self.max_rows or self._bytes > self.max_bytes:
+            while rows > self.max_rows or size > self.max_bytes:
                 row = self._db.execute(
                     "SELECT id, LENGTH(payload) FROM outbox WHERE kind = ? ORDER BY id LIMIT 1", (kind,)
                 ).fetchone()
                 if row is None:
                     break
                 self._db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
-                self._rows -= 1
-                self._bytes -= int(row[1])
+                rows -= 1
+                size -= int(row[1])
                 self._db.execute(
                     "INSERT INTO counters (name, value) VALUES (?, 1) "
                     "ON CONFLICT(name) DO UPDATE SET value = value + 1",
                     (f"evicted_{kind}",),
                 )
+        return rows, size
 
     def peek(self, limit: int, after_id: int = 0) -> list[Row]:
         """The oldest rows with id > ``after_id`` not awaiting a receipt, in order."""

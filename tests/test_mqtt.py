@@ -76,6 +76,29 @@ def test_spool_bounds_evict_telemetry_before_events(tmp_path: Path) -> None:
     s.close()
 
 
+def test_spool_depth_never_shows_a_half_done_batch(tmp_path: Path) -> None:
+    """depth() is read without the lock (stats, the drain loop): while a writer puts batches
+    into a full spool it must only ever see committed counts — never rows inserted before their
+    evictions (that once let a test see 81 rows in a 50-row spool)."""
+    spool = Spool(tmp_path / "spool.sqlite3", max_rows=50)
+    done = threading.Event()
+
+    def writer() -> None:
+        for _ in range(4):
+            spool.put_many([("telemetry", "t", b"x" * 10) for _ in range(40)])
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen = []
+    while not done.is_set():
+        seen.append(spool.depth())
+    thread.join()
+    assert max(seen) <= 50 and spool.depth() == 50
+    assert spool.evicted()["telemetry"] == 4 * 40 - 50
+    spool.close()
+
+
 def test_spool_survives_reopen_and_acks_delete(tmp_path: Path) -> None:
     s = Spool(tmp_path / "s.sqlite3")
     ids = s.put_many([("event", "e", b"%d" % i) for i in range(5)])
