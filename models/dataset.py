@@ -11,7 +11,9 @@ time axis and only the eye-state model trains on them.
 
 Splits are by subject, never by frame: talkingface is subject A; single_face, face_noface and
 noface_face are one recording of subject B; WolfgangLanger_Pexels (subject C) holds the only long
-real closure and is kept out of training and tuning: it is the test.
+real closure and is kept out of training and tuning: it is the test.  example_multispeaker has
+three people side by side (L, M, N); each person's fixed region of the frame runs through the
+agent as a clip of its own (``FILE#person``, :data:`REGIONS`), since the agent follows one face.
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ SUBJECTS: dict[str, str] = {
     "face_noface.mov": "B",
     "noface_face.mov": "B",
     "WolfgangLanger_Pexels.mp4": "C",
+    "example_multispeaker.mp4#left": "L",
+    "example_multispeaker.mp4#middle": "M",
+    "example_multispeaker.mp4#right": "N",
+}
+# x0, y0, x1, y1 in the source frame; each holds one seated person's head through the clip.
+REGIONS: dict[str, tuple[int, int, int, int]] = {
+    "example_multispeaker.mp4#left": (60, 150, 420, 510),
+    "example_multispeaker.mp4#middle": (470, 160, 830, 520),
+    "example_multispeaker.mp4#right": (840, 120, 1240, 520),
 }
 TEST_SUBJECTS = ("C",)
 FEATURES = (
@@ -124,11 +135,13 @@ def prepare(
     for clip in clips or sorted(ranges):
         if clip not in SUBJECTS:
             raise ValueError(f"{clip}: no subject assigned in models.dataset.SUBJECTS")
-        path = clips_dir / clip
+        path = clips_dir / clip.partition("#")[0]
+        x0, y0, x1, y1 = REGIONS.get(clip, (0, 0, None, None))
         pipe = Pipeline(cfg)  # the agent's landmark set includes the lid contours
         crops, lids, feats, ts = [], [], [], []
         try:
-            for index, t, frame in tqdm(read_clip(path), desc=f"prepare {clip}", unit="frame", leave=False):
+            for index, t, whole in tqdm(read_clip(path), desc=f"prepare {clip}", unit="frame", leave=False):
+                frame = np.ascontiguousarray(whole[y0:y1, x0:x1])
                 res = pipe.process(frame, t, index)
                 f = res.features
                 row = [getattr(f, n) if n != "openness" else pipe.detector.last_openness for n in FEATURES]

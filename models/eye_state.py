@@ -36,7 +36,7 @@ PREPROCESSING = (
     "mirrored, grayscale, per-crop standardised; channel 2: the eye opening between the "
     "FaceMesh lid contours, drawn in the same grid (coverage 0..1)"
 )
-VERSION = "2.0.0"  # 2: two input channels (crop, opening mask); 1 was the crop alone
+VERSION = "2.1.0"  # 2: two input channels (crop, opening mask); 1 was the crop alone; 2.1: 3 more people
 
 
 class EyeStateNet(nn.Module):

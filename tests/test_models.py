@@ -23,8 +23,8 @@ from edge_agent.inference import (
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "eye_state.onnx"
-# Measured on the held-out subject (WolfgangLanger_Pexels) with the shipped model v2: 0.982
-# (README, Models); v1, the crop alone, had 0.817.
+# Measured on the held-out subject (WolfgangLanger_Pexels) with the shipped model v2.1: 0.980
+# (v2.0 0.982; README, Models); v1, the crop alone, had 0.817.
 HELD_OUT_BALANCED_ACCURACY_FLOOR = 0.97
 
 
@@ -58,6 +58,24 @@ def test_prepared_data_is_split_by_subject(prepared: Path) -> None:
     x, y, openness, lids, _ = eye_samples(data, ["A"])
     assert x.shape[1:] == (24, 48) and x.dtype == np.uint8
     assert set(np.unique(y)) == {0, 1} and len(x) == len(y) == len(openness) == len(lids)
+
+
+def test_group_video_region_prepares_as_one_person(clips: Path, tmp_path: Path) -> None:
+    """The woman's region of the three-person video runs through the agent as a clip of its own:
+    every labelled frame has her face, and the lids drawn on frames we labelled shut are much
+    closer together than on frames labelled open (labels off by a few frames would fail this)."""
+    from models.dataset import REGIONS, SUBJECTS, ClipData, prepare
+
+    clip = "example_multispeaker.mp4#left"
+    assert clip in REGIONS and SUBJECTS[clip] == "L"
+    (path,) = prepare(clips, REPO / "data" / "labels" / "eye_state.csv", tmp_path, clips=[clip])
+    data = ClipData.load(path)
+    labelled = data.labels >= 0
+    assert (data.labels == 1).sum() >= 40 and (data.labels == 0).sum() >= 200
+    assert (data.features[labelled, -1] > 0.5).all()  # a face in every labelled frame
+    gap = np.abs(data.lids[:, :, 0, 1:-1, 1] - data.lids[:, :, 1, 1:-1, 1]).mean(axis=(1, 2))
+    closed, open_ = np.median(gap[data.labels == 1]), np.median(gap[data.labels == 0])
+    assert closed < 0.5 * open_, (closed, open_)
 
 
 def test_export_round_trip_parity_metadata_and_variants(
@@ -292,8 +310,8 @@ def test_shipped_model_on_held_out_real_frames(shipped_scores: tuple[float, floa
 
 @pytest.mark.xfail(
     strict=True,
-    reason="measured: the shipped model (0.982) is still below EAR alone (0.989) on the "
-    "held-out clip: 21 open crops of 596 called shut; it ships disabled until it is not (README, Models)",
+    reason="measured: the shipped model (0.980) is still below EAR alone (0.989) on the "
+    "held-out clip: 24 open crops of 596 called shut; it ships disabled until it is not (README, Models)",
 )
 def test_shipped_model_at_least_as_good_as_ear_alone(shipped_scores: tuple[float, float]) -> None:
     model_bacc, ear_bacc = shipped_scores
