@@ -35,9 +35,7 @@ def eye_probabilities(clips: list[ClipData], model_path: Path) -> dict[str, Any]
     model = EyeStateModel(model_path, ModelsConfig(providers=["cpu"]), Path("/tmp"))
     out = {}
     for c in clips:
-        n = len(c.crops)
-        x = model_input(c.crops.reshape(n * 2, *c.crops.shape[2:]), c.lids.reshape(n * 2, *c.lids.shape[2:]))
-        p = model.predict(x).reshape(n, 2).mean(axis=1)
+        p = model.predict(model_input(*c.eyes())).reshape(len(c.crops), 2).mean(axis=1)
         face = c.features[:, -1] > 0.5
         out[c.clip] = np.where(face, p, -1.0).astype(np.float32)
     return out

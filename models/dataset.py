@@ -87,6 +87,14 @@ class ClipData:
         )
         return path
 
+    def eyes(
+        self, keep: npt.NDArray[np.bool_] | None = None
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+        """The single-eye crops ``(M, H, W)`` and lids ``(M, 2, 9, 2)`` of the kept frames
+        (all by default), both eyes of a frame in a row."""
+        crops, lids = (self.crops, self.lids) if keep is None else (self.crops[keep], self.lids[keep])
+        return crops.reshape(-1, *crops.shape[2:]), lids.reshape(-1, *lids.shape[2:])
+
     @classmethod
     def load(cls, path: Path) -> ClipData:
         with np.load(path, allow_pickle=False) as z:
@@ -197,12 +205,12 @@ def eye_samples(clips: list[ClipData], subjects: Iterable[str]) -> EyeSamples:
         if c.subject not in wanted:
             continue
         keep = c.labels >= 0
-        n = int(keep.sum())
-        xs.append(c.crops[keep].reshape(n * 2, *c.crops.shape[2:]))
+        crops, lids = c.eyes(keep)
+        xs.append(crops)
         ys.append(np.repeat(c.labels[keep].astype(np.int64), 2))
         os_.append(np.repeat(c.features[keep, FEATURES.index("openness")], 2))
-        ls.append(c.lids[keep].reshape(n * 2, *c.lids.shape[2:]))
-        ss.append(np.full(n * 2, c.subject))
+        ls.append(lids)
+        ss.append(np.full(len(crops), c.subject))
     if not xs:
         raise ValueError(f"no labelled frames for subjects {sorted(wanted)}")
     return EyeSamples(
