@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="replay labelled clips and score blinks, closures, face presence")
     ev.add_argument("--labels", type=Path, action="append", required=True, help="labels CSV (repeatable)")
     ev.add_argument("--clips", type=Path, help="clip directory (default: the fetch-clips cache)")
+    ev.add_argument(
+        "--clip",
+        action="append",
+        default=[],
+        help="score only this labelled clip (repeatable; default: every labelled clip)",
+    )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument(
         "--models",
@@ -213,7 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         run_cfg = cfg.model_copy(update={"models": models})
         try:
-            reports[mode] = evaluate(run_cfg, args.labels, directory, degrade=names)
+            reports[mode] = evaluate(run_cfg, args.labels, directory, degrade=names, only=args.clip)
         except ValueError as err:
             return _die(2, f"eval: {err}")
         if mode == "on" and reports[mode].get("model_versions", {}).get("eye_state") is None:

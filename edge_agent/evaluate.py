@@ -232,13 +232,23 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
 
 
 def evaluate(
-    cfg: EdgeConfig, label_files: list[Path], clips_dir: Path, degrade: list[str] | None = None
+    cfg: EdgeConfig,
+    label_files: list[Path],
+    clips_dir: Path,
+    degrade: list[str] | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Replay every labelled clip (or the ``only`` ones: a leave-one-subject-out model is scored
+    on its own subject's clips) and score it against its labels."""
     transform = compose(degrade or [])
     labels, problems = read_labels(label_files)
     by_clip: dict[str, list[Label]] = defaultdict(list)
     for lab in labels:
-        by_clip[lab.clip].append(lab)
+        if not only or lab.clip in only:
+            by_clip[lab.clip].append(lab)
+    for name in only or []:
+        if name not in by_clip:
+            problems.append(f"{name}: no labels for this clip; not scored")
     clips: list[ClipScore] = []
     model_versions: dict[str, str] = {}
     for name in sorted(by_clip):

@@ -128,6 +128,8 @@ def export_eye_state(
         model, ckpt = load_checkpoint(checkpoint)
     except (FileNotFoundError, ValueError) as err:
         raise ExportError(str(err)) from None
+    if int8 and "calibration_inputs" not in ckpt:
+        raise ExportError(f"{checkpoint}: no int8 calibration inputs (a leave-one-out fold model?)")
     probe = np.asarray(ckpt["probe_inputs"], dtype=np.float32)
     report_train = ckpt.get("report", {})
     with torch.no_grad():

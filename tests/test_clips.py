@@ -93,6 +93,16 @@ def test_eval_reports_what_it_cannot_use(
     assert report["blinks"]["tp"] == 1
 
 
+def test_eval_scores_only_the_clips_asked_for(
+    make_cfg: Callable[..., EdgeConfig], clips: Path, labels: list[Path]
+) -> None:
+    """`eval --clip`: a leave-one-subject-out model is scored on its own subject's clips only."""
+    report = evaluate(make_cfg(), labels, clips, only=["single_face.mp4", "not_labelled.mp4"])
+    assert [c["clip"] for c in report["clips"]] == ["single_face.mp4"]
+    assert report["blinks"]["tp"] == 1
+    assert report["problems"] == ["not_labelled.mp4: no labels for this clip; not scored"]
+
+
 def _cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:

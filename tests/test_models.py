@@ -348,6 +348,31 @@ def test_synthetic_closure_shuts_a_real_open_eye(prepared: Path) -> None:
     assert not usable(np.zeros((2, 9, 2), dtype=np.float32))
 
 
+def test_occluders_leave_the_open_eye_visible(prepared: Path) -> None:
+    """The training-only occluders (hand, glasses rim, glare) change real crops, yet never hide
+    most of the opening: the label stays true to the picture."""
+    from edge_agent.eyecrop import aperture_mask
+    from models.dataset import eye_samples, load_all
+    from models.eye_state import occlude
+
+    data = eye_samples(load_all(prepared), ["A"])
+    rng = np.random.default_rng(0)
+    changed_share, hidden = [], []
+    for i in np.flatnonzero(data.labels == 0)[::5]:
+        crop = data.crops[i].astype(np.float32)
+        opening = aperture_mask(data.lids[i])
+        out = occlude(crop, opening, rng)
+        assert out.shape == crop.shape
+        diff = np.abs(out - crop) > 8.0
+        changed_share.append(float(diff.mean()))
+        inside = opening > 0.5
+        hidden.append(float(diff[inside].mean()))
+    changed_share_arr = np.array(changed_share)
+    assert (changed_share_arr > 0.05).mean() > 0.2  # about a third of the crops get an occluder
+    assert (changed_share_arr == 0).mean() > 0.4  # most stay as they were
+    assert max(hidden) <= 0.6  # never most of the opening
+
+
 def test_runtime_eye_input_has_the_opening_mask(clips: Path) -> None:
     """The runtime converts the lid points too (not only the EAR ones): the model's second
     channel is the eye opening, as in training."""
