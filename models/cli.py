@@ -3,6 +3,7 @@
 sleepsafe-train prepare [--clips DIR] [--labels data/labels/eye_state.csv]
                         [--stills data/labels/stills.csv] [--data DIR]
 sleepsafe-train eye-state --data DIR [--out models/checkpoints/eye_state.pt] [--epochs N] [--seed S]
+sleepsafe-train temporal --data DIR [--eye-model models/eye_state.onnx] [--eye-folds CHECKPOINT]
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .dataset import ClipData
+from .dataset import ClipData, fold_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,8 +25,14 @@ def default_data_dir() -> Path:
     return Path(base) / "sleepsafe" / "data"
 
 
-def eye_probabilities(clips: list[ClipData], model_path: Path) -> dict[str, Any]:
-    """Per-frame P(closed) (mean of both eyes) from an exported eye-state model; -1 without a face."""
+def eye_probabilities(
+    clips: list[ClipData], model_path: Path, folds: Path | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Per-frame P(closed) (mean of both eyes) from an exported eye-state model; -1 without a
+    face.  With ``folds`` (the eye-state checkpoint whose leave-one-subject-out models were kept
+    beside it), each training person's probabilities come from the fold model that never saw
+    them: what the GRU meets on a new driver, not the shipped model's over-sure verdicts on its
+    own training frames.  Also returns, per subject, which model gave them."""
     import numpy as np
 
     from edge_agent.config import ModelsConfig
@@ -33,12 +40,21 @@ def eye_probabilities(clips: list[ClipData], model_path: Path) -> dict[str, Any]
     from edge_agent.inference import EyeStateModel
 
     model = EyeStateModel(model_path, ModelsConfig(providers=["cpu"]), Path("/tmp"))
-    out = {}
+    out, source = {}, {}
     for c in clips:
-        p = model.predict(model_input(*c.eyes())).reshape(len(c.crops), 2).mean(axis=1)
+        fold = fold_path(folds, c.subject) if folds is not None else None
+        if fold is not None and fold.is_file():
+            from .eye_state import load_checkpoint, predict
+
+            p = predict(load_checkpoint(fold)[0], *c.eyes())
+            source[c.subject] = fold.name
+        else:
+            p = model.predict(model_input(*c.eyes()))
+            source[c.subject] = model_path.name
+        p = p.reshape(len(c.crops), 2).mean(axis=1)
         face = c.features[:, -1] > 0.5
         out[c.clip] = np.where(face, p, -1.0).astype(np.float32)
-    return out
+    return out, source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         default=REPO / "models" / "eye_state.onnx",
         help="eye-state ONNX whose probabilities feed the GRU ('none' to leave them out)",
     )
+    tp.add_argument(
+        "--eye-folds",
+        type=Path,
+        help="eye-state checkpoint whose leave-one-subject-out fold models (FILE.loso-S.pt) give "
+        "each training person's probabilities (out of fold); others come from --eye-model",
+    )
     tp.add_argument("--steps", type=int, default=400)
     tp.add_argument("--seed", type=int, default=11)
     tp.add_argument("--no-progress", action="store_true")
@@ -99,13 +121,18 @@ def main(argv: list[str] | None = None) -> int:
             from .temporal import run_training as run_temporal
 
             clips = load_all(args.data)
-            probs = eye_probabilities(clips, args.eye_model) if str(args.eye_model) != "none" else None
+            probs, source = (
+                eye_probabilities(clips, args.eye_model, args.eye_folds)
+                if str(args.eye_model) != "none"
+                else (None, {})
+            )
             report = run_temporal(
                 clips,
                 args.out,
                 TemporalTrainConfig(steps=args.steps, seed=args.seed),
                 probs,
                 not args.no_progress,
+                eye_prob_source=source,
             )
             print(
                 json.dumps(

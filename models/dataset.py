@@ -288,3 +288,8 @@ def data_hash(*arrays: npt.NDArray[np.generic]) -> str:
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def fold_path(checkpoint: Path, subject: str) -> Path:
+    """Where training keeps the leave-one-subject-out model that never saw ``subject``."""
+    return checkpoint.with_name(f"{checkpoint.stem}.loso-{subject}{checkpoint.suffix}")

@@ -27,7 +27,7 @@ from torch import nn
 
 from edge_agent.eyecrop import CHANNELS, CROP_H, CROP_W, aperture_mask, model_input, standardise
 
-from .dataset import TEST_SUBJECTS, ClipData, EyeSamples, data_hash, eye_samples
+from .dataset import TEST_SUBJECTS, ClipData, EyeSamples, data_hash, eye_samples, fold_path
 from .synth import close_eye, usable
 
 ARCH = "EyeStateNet"
@@ -406,11 +406,6 @@ def run_training(
     _save(out, res.model, report, eye_samples(held_out, TEST_SUBJECTS) if held_out else data, data, cfg)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def fold_path(out: Path, subject: str) -> Path:
-    """Where the leave-one-subject-out model that never saw ``subject`` is kept."""
-    return out.with_name(f"{out.stem}.loso-{subject}{out.suffix}")
 
 
 def _save(

@@ -195,7 +195,11 @@ def run_training(
     cfg: TemporalTrainConfig,
     eye_probs: dict[str, npt.NDArray[np.float32]] | None = None,
     progress: bool = True,
+    eye_prob_source: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Leave-one-subject-out figures, then the shipped GRU trained on every training subject
+    and tested once on the held-out one.  ``eye_prob_source``: per subject, the eye-state model
+    that gave its probabilities (for the report)."""
     from .eye_state import metrics
 
     eye_probs = eye_probs or {}
@@ -239,6 +243,7 @@ def run_training(
         "synthetic_share": 1.0 - cfg.real_share,
         "sha256": data_hash(*[seqs[n][0] for n in names]),
         "eye_prob_input": "eye-state model" if eye_probs else "absent (fed as 0.5)",
+        "eye_prob_source": eye_prob_source or {},
     }
     report["train_seconds"] = round(time.time() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -156,6 +156,53 @@ def test_export_refuses_bad_input_with_one_line(checkpoint: Path, tmp_path: Path
     assert len(unwritable.stderr.strip().splitlines()) == 1
 
 
+def test_fold_models_are_kept_and_give_out_of_fold_probabilities(
+    checkpoint: Path, prepared: Path, tmp_path: Path
+) -> None:
+    """Each leave-one-subject-out model is kept beside the checkpoint; it exports (fp32), is
+    refused for int8 (no calibration inputs) in one line, and gives its person's probabilities
+    to the temporal training, while the held-out person's come from the shipped ONNX."""
+    from export.onnx_export import export_eye_state
+    from models.cli import eye_probabilities
+    from models.dataset import fold_path, load_all
+
+    report = json.loads(checkpoint.with_suffix(".json").read_text())
+    folds = {
+        f["test_subject"]: fold_path(checkpoint, f["test_subject"]) for f in report["leave_one_subject_out"]
+    }
+    assert set(folds) == {"A", "B"} and all(p.is_file() for p in folds.values())
+    onnx_path = tmp_path / "fold-A.onnx"
+    card = export_eye_state(folds["A"], onnx_path)["files"][0]
+    assert card["parity_max_abs_diff_vs_torch"] <= 1e-4
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.cli",
+            "eye-state",
+            "--checkpoint",
+            str(folds["A"]),
+            "--out",
+            str(tmp_path / "x.onnx"),
+            "--int8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert refused.returncode == 65 and "no int8 calibration inputs" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    clips = load_all(prepared)
+    probs, source = eye_probabilities(clips, SHIPPED, checkpoint)
+    assert source == {"A": folds["A"].name, "B": folds["B"].name, "C": SHIPPED.name}
+    plain, _ = eye_probabilities(clips, SHIPPED)
+    a = next(c.clip for c in clips if c.subject == "A")
+    c = next(c.clip for c in clips if c.subject == "C")
+    assert not np.allclose(probs[a], plain[a])  # another model
+    np.testing.assert_array_equal(probs[c], plain[c])
+
+
 def test_provider_fallback_names_what_was_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     chosen, skipped = choose_providers(
         ["tensorrt", "cuda", "cpu"], tmp_path, fp16=True, available=["CPUExecutionProvider"]
