@@ -230,12 +230,13 @@ class Detector:
 
     def _deep_closed(self, f: FrameFeatures, openness: float) -> bool:
         """Eyes ≥ 80 % shut.  With the eye-state model, EAR's verdict needs the model's
-        agreement (a look-down or a squint keeps the iris and lashes visible), and a model that
-        is very sure can mark a half-shut eye as shut."""
+        agreement (a look-down or a squint keeps the iris and lashes visible).  Only when asked
+        (``strong_prob`` < 1) may a very sure model mark a half-shut eye as shut: a model that
+        never saw the driver is sure in a downcast look too (talkingface, fold model)."""
         m = self.models
         if m is None or f.eye_prob < 0:
             return openness <= self.cfg.closed_ratio and not self._looking_down(f)
-        if f.eye_prob >= m.strong_prob and openness <= m.strong_openness:
+        if m.strong_prob < 1.0 and f.eye_prob >= m.strong_prob and openness <= m.strong_openness:
             return True
         return openness <= self.cfg.closed_ratio and f.eye_prob >= m.closed_prob
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from edge_agent.config import DetectorConfig
+from edge_agent.config import DetectorConfig, ModelsConfig
 from edge_agent.detector import Detector
 from edge_agent.features import FrameFeatures
 from edge_agent.protocol import DriverState, Event, EventType, Severity
@@ -166,6 +166,35 @@ def test_look_down_with_visible_irises_is_not_a_closure(fps: float) -> None:
     events, _, _ = run(det, fps, 2.5, lambda tt, k: frame(tt, k, ear=0.05, pitch=down, iris_vis=0.5), t, i)
     assert not of(events, EventType.MICROSLEEP)
     assert not of(events, EventType.BLINK)
+
+
+def _with_model(fps: float, models: ModelsConfig) -> tuple[Detector, float, int]:
+    det = Detector(DetectorConfig(), models=models)
+    _, t, i = run(det, fps, det.cfg.calibration_s + 1.0, lambda t, i: frame(t, i, eye_prob=0.01))
+    assert det.cal.done
+    return det, t, i
+
+
+@pytest.mark.parametrize("fps", FPS)
+@pytest.mark.parametrize(("prob", "alarms"), [(0.05, 0), (0.95, 1)])
+def test_model_vetoes_an_ear_closure_it_sees_open(fps: float, prob: float, alarms: int) -> None:
+    """EAR says shut (openness 0.13); the eye-state model sees an open eye: no alarm.  When the
+    model agrees, the microsleep comes as without a model."""
+    det, t, i = _with_model(fps, ModelsConfig(enabled=True))
+    events, _, _ = run(det, fps, 2.0, lambda t, i: frame(t, i, ear=0.04, eye_prob=prob), t, i)
+    assert len(of(events, EventType.MICROSLEEP, "raised")) == alarms
+
+
+@pytest.mark.parametrize("fps", FPS)
+@pytest.mark.parametrize(("strong", "alarms"), [(None, 0), (0.9, 1)])
+def test_sure_model_does_not_overrule_ear_by_default(fps: float, strong: float | None, alarms: int) -> None:
+    """Half-shut by EAR (openness 0.27, as in talkingface's look-down) and a model sure it is
+    shut: by default (strong_prob 1) EAR keeps the last word, no alarm; the opt-in strong_prob
+    lets the model mark it shut."""
+    models = ModelsConfig(enabled=True) if strong is None else ModelsConfig(enabled=True, strong_prob=strong)
+    det, t, i = _with_model(fps, models)
+    events, _, _ = run(det, fps, 2.0, lambda t, i: frame(t, i, ear=0.08, eye_prob=1.0), t, i)
+    assert len(of(events, EventType.MICROSLEEP, "raised")) == alarms
 
 
 @pytest.mark.parametrize("fps", FPS)
