@@ -374,7 +374,8 @@ def run_training(
         report["leave_one_subject_out"].append(fold)
         # The fold model is kept: `eval` on this person's clips with it is an agent figure on
         # frames the model never saw (the shipped model trained on them).
-        _save(fold_path(out, held), model, {**report, "fold": fold}, test, None, cfg)
+        version = f"{VERSION}+loso-{held}"
+        _save(fold_path(out, held), model, {**report, "fold": fold}, test, None, cfg, version)
     if oof_p:
         report["out_of_fold"] = oof_threshold(np.concatenate(oof_y), np.concatenate(oof_p))
     train_subjects = clip_subjects + still_subjects
@@ -415,15 +416,17 @@ def _save(
     probe_source: EyeSamples,
     calibration_source: EyeSamples | None,
     cfg: TrainConfig,
+    version: str = VERSION,
 ) -> None:
     """A checkpoint export can read: the weights, the report, a few real inputs the model was
-    not trained on (export checks parity on them) and int8 calibration inputs."""
+    not trained on (export checks parity on them) and int8 calibration inputs.  A fold model's
+    version names its fold, so its events never pass for the shipped model's."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
     pick = rng.choice(len(probe_source.crops), size=min(64, len(probe_source.crops)), replace=False)
     ckpt: dict[str, Any] = {
         "arch": ARCH,
-        "version": VERSION,
+        "version": version,
         "state_dict": model.state_dict(),
         "report": report,
         "probe_inputs": model_input(probe_source.crops[pick], probe_source.lids[pick]),
