@@ -2,12 +2,13 @@
 landmarks draw (torch; training only).
 
 Small on purpose (≈ 24 k parameters, 24x48 input): it runs on both eyes of every frame next to
-MediaPipe and must cost a few percent of it on a CPU.  Real closed eyes are few (28 crops of two
-men), open eyes many and of more people (clips and stills), so half of each batch is closed
-eyes, most of them synthesised from real open crops of every training person (``synth.py``),
-and every crop goes through augmentations that match what a vehicle camera does to an eye:
-exposure, blur, sensor noise, small rotations and shifts, low resolution, IR-like contrast,
-and landmark jitter (the opening mask drawn from lids moved by FaceMesh's own noise).
+MediaPipe and must cost a few percent of it on a CPU.  Real closed eyes are few (216 crops of
+five people), open eyes many and of more people (clips and stills), so half of each batch is
+closed eyes, most of them synthesised from real open crops of every training person
+(``synth.py``), and every crop goes through augmentations that match what a vehicle camera does
+to an eye: exposure, blur, sensor noise, small rotations and shifts, low resolution, IR-like
+contrast, things in front of it (a hand, a glasses rim, glare) and landmark jitter (the opening
+mask drawn from lids moved by FaceMesh's own noise).
 """
 
 from __future__ import annotations
