@@ -396,6 +396,15 @@ def test_synthetic_closure_shuts_a_real_open_eye(prepared: Path) -> None:
     assert not usable(np.zeros((2, 9, 2), dtype=np.float32))
 
 
+def test_out_of_fold_threshold_maximises_balanced_accuracy() -> None:
+    from models.eye_state import oof_threshold
+
+    y = np.array([0, 0, 1, 1])
+    assert oof_threshold(y, np.array([0.1, 0.3, 0.35, 0.9], dtype=np.float32))["threshold"] == 0.35
+    ties = oof_threshold(y, np.array([0.1, 0.2, 0.8, 0.9], dtype=np.float32))
+    assert ties["threshold"] == 0.5 and ties["balanced_accuracy"] == 1.0  # ties: nearest 0.5
+
+
 def test_occluders_leave_the_open_eye_visible(prepared: Path) -> None:
     """The training-only occluders (hand, glasses rim, glare) change real crops, yet never hide
     most of the opening: the label stays true to the picture."""
