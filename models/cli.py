@@ -41,12 +41,15 @@ def eye_probabilities(
 
     model = EyeStateModel(model_path, ModelsConfig(providers=["cpu"]), Path("/tmp"))
     out, source = {}, {}
+    fold_models: dict[str, Any] = {}  # one load per person, not per clip
     for c in clips:
         fold = fold_path(folds, c.subject) if folds is not None else None
         if fold is not None and fold.is_file():
             from .eye_state import load_checkpoint, predict
 
-            p = predict(load_checkpoint(fold)[0], *c.eyes())
+            if c.subject not in fold_models:
+                fold_models[c.subject] = load_checkpoint(fold)[0]
+            p = predict(fold_models[c.subject], *c.eyes())
             source[c.subject] = fold.name
         else:
             p = model.predict(model_input(*c.eyes()))

@@ -126,16 +126,18 @@ def test_export_round_trip_parity_metadata_and_variants(
         assert p.shape == (5,) and np.all((p >= 0) & (p <= 1))
 
 
-def test_export_refuses_bad_input_with_one_line(checkpoint: Path, tmp_path: Path) -> None:
-    def export(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "export.cli", "eye-state", *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+def export(*args: str) -> subprocess.CompletedProcess[str]:
+    """`sleepsafe-export eye-state ARGS` in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "export.cli", "eye-state", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
+
+def test_export_refuses_bad_input_with_one_line(checkpoint: Path, tmp_path: Path) -> None:
     missing = export("--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m.onnx"))
     assert missing.returncode == 66 and missing.stderr.strip().endswith("not found")
     junk = tmp_path / "junk.pt"
@@ -175,23 +177,7 @@ def test_fold_models_are_kept_and_give_out_of_fold_probabilities(
     card = export_eye_state(folds["A"], onnx_path)["files"][0]
     assert card["parity_max_abs_diff_vs_torch"] <= 1e-4
     assert card["version"].endswith("+loso-A")  # never passes for the shipped model
-    refused = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "export.cli",
-            "eye-state",
-            "--checkpoint",
-            str(folds["A"]),
-            "--out",
-            str(tmp_path / "x.onnx"),
-            "--int8",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    refused = export("--checkpoint", str(folds["A"]), "--out", str(tmp_path / "x.onnx"), "--int8")
     assert refused.returncode == 65 and "no int8 calibration inputs" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     clips = load_all(prepared)
