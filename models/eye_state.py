@@ -37,7 +37,7 @@ PREPROCESSING = (
     "mirrored, grayscale, per-crop standardised; channel 2: the eye opening between the "
     "FaceMesh lid contours, drawn in the same grid (coverage 0..1)"
 )
-VERSION = "2.2.0"  # 2: two input channels (crop, opening mask); 2.1: 3 more people; 2.2: occluders
+VERSION = "2.3.0"  # 2: crop + opening mask; 2.1: 3 more people; 2.2: occluders; 2.3: subject P
 
 
 class EyeStateNet(nn.Module):

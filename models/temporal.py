@@ -32,7 +32,7 @@ from edge_agent.features import temporal_vector as frame_vector
 from .dataset import FEATURES, ClipData, data_hash
 
 ARCH = "TemporalGRU"
-VERSION = "1.2.0"  # 1.1: v2 eye-state probabilities, three more people; 1.2: on v2.2's
+VERSION = "1.3.0"  # 1.1: v2 eye-state probabilities, 3 more people; 1.2: on v2.2; 1.3: v2.3, P
 N_FEATURES = 7
 HIDDEN = 24
 DROWSY_WINDOW_S = 10.0

@@ -23,8 +23,8 @@ from edge_agent.inference import (
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "eye_state.onnx"
-# Measured on the held-out subject (WolfgangLanger_Pexels) with the shipped model v2.2: 0.981
-# (v2.1 0.980, v2.0 0.982; README, Models); v1, the crop alone, had 0.817.
+# Measured on the held-out subject (WolfgangLanger_Pexels) with the shipped model v2.3: 0.978
+# (v2.2 0.981, v2.1 0.980, v2.0 0.982; README, Models); v1, the crop alone, had 0.817.
 HELD_OUT_BALANCED_ACCURACY_FLOOR = 0.97
 
 
@@ -344,8 +344,8 @@ def test_shipped_model_on_held_out_real_frames(shipped_scores: tuple[float, floa
 
 @pytest.mark.xfail(
     strict=True,
-    reason="measured: the shipped model (0.981) is still below EAR alone (0.989) on the "
-    "held-out clip: 23 open crops of 596 called shut; it ships disabled until it is not (README, Models)",
+    reason="measured: the shipped model (0.978) is still below EAR alone (0.989) on the "
+    "held-out clip: 26 open crops of 596 called shut; it ships disabled until it is not (README, Models)",
 )
 def test_shipped_model_at_least_as_good_as_ear_alone(shipped_scores: tuple[float, float]) -> None:
     model_bacc, ear_bacc = shipped_scores
