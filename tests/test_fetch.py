@@ -45,3 +45,16 @@ def test_a_tarball_that_does_not_match_its_pin_is_refused(
     else:
         pytest.fail("a tarball with the wrong hash was accepted")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_every_labelled_clip_has_a_subject_and_a_package() -> None:
+    """A label row for a clip no package fetches, or no subject splits, would be dropped silently
+    from training; this fails instead."""
+    from models.dataset import SUBJECTS, read_eye_labels
+
+    fetched = {n for p in PACKAGES for n in p.members.values()}
+    labels = Path(__file__).resolve().parents[1] / "data" / "labels"
+    for path in (labels / "eye_state.csv", labels / "franck_eye_state.csv"):
+        for clip in read_eye_labels(path):
+            assert clip in SUBJECTS, (path.name, clip)
+            assert clip.partition("#")[0] in fetched, (path.name, clip)
