@@ -2,8 +2,8 @@
 landmarks draw (torch; training only).
 
 Small on purpose (≈ 24 k parameters, 24x48 input): it runs on both eyes of every frame next to
-MediaPipe and must cost a few percent of it on a CPU.  Real closed eyes are few (216 crops of
-five people), open eyes many and of more people (clips and stills), so half of each batch is
+MediaPipe and must cost a few percent of it on a CPU.  Real closed eyes are few (262 crops of
+six people), open eyes many and of more people (clips and stills), so half of each batch is
 closed eyes, most of them synthesised from real open crops of every training person
 (``synth.py``), and every crop goes through augmentations that match what a vehicle camera does
 to an eye: exposure, blur, sensor noise, small rotations and shifts, low resolution, IR-like
