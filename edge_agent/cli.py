@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     # Logging before the config is read uses defaults; the config may then refine it.
     configure_logging()
     try:
-        if args.command in ("run", "replay", "eval", "check-config"):
+        if args.command in ("run", "replay", "eval", "check-config", "fetch-clips"):
             cfg = _load(args, {"source": {"uri": args.source}} if getattr(args, "source", None) else None)
             configure_logging(cfg.logging.level, cfg.logging.format)
             args.loaded_config = cfg

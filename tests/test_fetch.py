@@ -58,3 +58,29 @@ def test_every_labelled_clip_has_a_subject_and_a_package() -> None:
         for clip in read_eye_labels(path):
             assert clip in SUBJECTS, (path.name, clip)
             assert clip.partition("#")[0] in fetched, (path.name, clip)
+
+
+def test_fetch_clips_honours_the_log_level(clips: Path) -> None:
+    """`make` runs fetch-clips at warning level: a complete cache then says nothing but its path."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "--set",
+            "logging.level=warning",
+            "fetch-clips",
+            "--dir",
+            str(clips),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(clips)
+    assert proc.stderr == ""
