@@ -29,7 +29,7 @@ from torch import nn
 from edge_agent.eyecrop import CHANNELS, CROP_H, CROP_W, aperture_mask, model_input, standardise
 
 from .dataset import TEST_SUBJECTS, ClipData, EyeSamples, data_hash, eye_samples, fold_path
-from .synth import close_eye, usable
+from .synth import close_eye, narrow_eye, usable
 
 ARCH = "EyeStateNet"
 PREPROCESSING = (
@@ -37,7 +37,9 @@ PREPROCESSING = (
     "mirrored, grayscale, per-crop standardised; channel 2: the eye opening between the "
     "FaceMesh lid contours, drawn in the same grid (coverage 0..1)"
 )
-VERSION = "2.3.0"  # 2: crop + opening mask; 2.1: 3 more people; 2.2: occluders; 2.3: subject P
+# 2: crop + opening mask; 2.1: 3 more people; 2.2: occluders; 2.3: subject P;
+# 2.4 (+franck): not shipped; 2.5: narrowed open eyes (look-down, laugh) as hard negatives
+VERSION = "2.5.0"
 
 
 class EyeStateNet(nn.Module):
@@ -220,6 +222,7 @@ class TrainConfig:
     closed_share: float = 0.5  # of each batch, drawn from the closed class
     real_closed_share: float = 0.25  # of the closed ones, real; the rest synthesised from open crops
     subject_balanced: float = 0.5  # share of open draws that pick a person first, then a crop
+    narrowed_share: float = 0.2  # of the open draws, narrowed but still open (look-down, laugh)
     closed_ratio: float = 0.2  # the detector's rule, for the EAR-only comparison
 
 
@@ -237,7 +240,8 @@ def _seed(seed: int) -> np.random.Generator:
 
 class _Sampler:
     """Draws training crops: real open eyes (half of the draws person-first, so the few stills
-    people count as much as the long clips), real closed eyes, and synthetic closures."""
+    people count as much as the long clips; a share of them narrowed, still open), real closed
+    eyes, and synthetic closures."""
 
     def __init__(self, data: EyeSamples, cfg: TrainConfig, rng: np.random.Generator) -> None:
         self.data, self.cfg, self.rng = data, cfg, rng
@@ -269,7 +273,10 @@ class _Sampler:
 
     def open_sample(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
         i = self._open_index()
-        return self.data.crops[i], self.data.lids[i]
+        crop, lids = self.data.crops[i], self.data.lids[i]
+        if self.rng.random() < self.cfg.narrowed_share and usable(lids):
+            return narrow_eye(crop, lids, self.rng)
+        return crop, lids
 
     def view(self, crop: npt.NDArray[np.uint8], lids: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """One augmented model input ``(CHANNELS, H, W)``."""
@@ -387,6 +394,7 @@ def run_training(
         "train_crops": len(data.labels),
         "train_closed_crops": int(data.labels.sum()),
         "synthetic_closed_share": round(1.0 - cfg.real_closed_share, 3),
+        "synthetic_narrowed_open_share": cfg.narrowed_share,
         "sha256": data_hash(data.crops, data.labels, data.lids),
         "clips": sorted(c.clip for c in clips if c.subject in clip_subjects),
         "stills": sorted(c.clip for c in stills),

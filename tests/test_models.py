@@ -382,6 +382,39 @@ def test_synthetic_closure_shuts_a_real_open_eye(prepared: Path) -> None:
     assert not usable(np.zeros((2, 9, 2), dtype=np.float32))
 
 
+def test_narrowed_eye_stays_open(prepared: Path) -> None:
+    """The training-only hard negative (look-down, laugh): the opening shrinks by a fifth to
+    three fifths, never to a sliver; the skin painted over the covered band changes the picture
+    there, while outside the eye and deep in the gap that stays open (away from the new lid
+    margin) the real eye is left much as it was."""
+    from edge_agent.eyecrop import aperture_mask
+    from models.dataset import eye_samples, load_all
+    from models.synth import narrow_eye, usable
+
+    data = eye_samples(load_all(prepared), ["A"])
+    rng = np.random.default_rng(0)
+    covered_change, deep_change, outside_change = [], [], []
+    for i in np.flatnonzero(data.labels == 0)[::50]:
+        crop, lids = data.crops[i], data.lids[i]
+        assert usable(lids)
+        narrow, narrow_lids = narrow_eye(crop, lids, rng)
+        assert narrow.shape == crop.shape and narrow.dtype == np.uint8
+        if narrow is crop:  # an eye too small to narrow and still show open comes back as it was
+            assert narrow_lids is lids
+            continue
+        before, after = aperture_mask(lids), aperture_mask(narrow_lids)
+        assert 0.35 * before.sum() <= after.sum() <= 0.85 * before.sum()
+        change = np.abs(narrow.astype(np.float32) - crop.astype(np.float32))
+        kept = after > 0.9
+        deep = kept & np.roll(kept, 2, axis=0)  # two rows below the new upper lid, at least
+        covered_change.append(change[(before > 0.5) & (after < 0.1)].mean())
+        deep_change.append(change[deep].mean())
+        outside_change.append(change[before < 0.01].mean())
+    assert len(covered_change) >= 5
+    assert np.mean(covered_change) > 3 * np.mean(outside_change)
+    assert np.mean(covered_change) > 1.5 * np.mean(deep_change)
+
+
 def test_out_of_fold_threshold_maximises_balanced_accuracy() -> None:
     from models.eye_state import oof_threshold
 
