@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     es.add_argument("--out", type=Path, default=REPO / "models" / "checkpoints" / "eye_state.pt")
     es.add_argument("--epochs", type=int, default=30)
     es.add_argument("--seed", type=int, default=7)
+    es.add_argument(
+        "--narrowed-share",
+        type=float,
+        default=0.0,
+        help="share of open training crops narrowed but still open (look-down, laugh; v2.5, not shipped)",
+    )
     es.add_argument("--no-progress", action="store_true")
     tp = sub.add_parser("temporal", help="train the temporal closure/drowsiness GRU")
     tp.add_argument("--data", type=Path, default=default_data_dir())
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_training(
             load_all(args.data),
             args.out,
-            TrainConfig(epochs=args.epochs, seed=args.seed),
+            TrainConfig(epochs=args.epochs, seed=args.seed, narrowed_share=args.narrowed_share),
             not args.no_progress,
             stills=load_stills(args.data),
         )

@@ -38,8 +38,8 @@ PREPROCESSING = (
     "FaceMesh lid contours, drawn in the same grid (coverage 0..1)"
 )
 # 2: crop + opening mask; 2.1: 3 more people; 2.2: occluders; 2.3: subject P;
-# 2.4 (+franck): not shipped; 2.5: narrowed open eyes (look-down, laugh) as hard negatives
-VERSION = "2.5.0"
+# 2.4 (+franck) and 2.5 (--narrowed-share 0.2: narrowed open eyes as hard negatives): not shipped
+VERSION = "2.3.0"
 
 
 class EyeStateNet(nn.Module):
@@ -222,7 +222,7 @@ class TrainConfig:
     closed_share: float = 0.5  # of each batch, drawn from the closed class
     real_closed_share: float = 0.25  # of the closed ones, real; the rest synthesised from open crops
     subject_balanced: float = 0.5  # share of open draws that pick a person first, then a crop
-    narrowed_share: float = 0.2  # of the open draws, narrowed but still open (look-down, laugh)
+    narrowed_share: float = 0.0  # of the open draws, narrowed but still open (v2.5: 0.2, not shipped)
     closed_ratio: float = 0.2  # the detector's rule, for the EAR-only comparison
 
 
@@ -274,7 +274,8 @@ class _Sampler:
     def open_sample(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
         i = self._open_index()
         crop, lids = self.data.crops[i], self.data.lids[i]
-        if self.rng.random() < self.cfg.narrowed_share and usable(lids):
+        # Drawn only when asked: with no narrowing the random stream (and v2.3) is unchanged.
+        if self.cfg.narrowed_share > 0 and self.rng.random() < self.cfg.narrowed_share and usable(lids):
             return narrow_eye(crop, lids, self.rng)
         return crop, lids
 
