@@ -83,8 +83,8 @@ def occlude(
     """Things a cabin puts in front of an eye, label unchanged: a hand or finger (a soft blob of
     skin tone entering from an edge), a glasses rim (a dark bar) or a glare spot.  A blob never
     hides more than half of the opening, so the picture still says whether the eye is open; the
-    model must learn that skin in the crop is not by itself a shut lid (the held-out clip's
-    open eyes under a hand were its main error)."""
+    model must learn that skin in the crop is not by itself a shut lid (a cabin's hands and
+    glasses; they are not what the held-out errors turned out to be: see ``synth.narrow_eye``)."""
     h, w = img.shape
     out = img.copy()
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
