@@ -6,8 +6,9 @@ lid where the opening was and a dark lash line where the lids meet.  So each syn
 takes a real open crop, fills the opening between the landmark lids with the surrounding skin
 (OpenCV inpainting), and draws the lash line at a random height between the lids with a random
 darkness, thickness and softness, sometimes with the upper-lid crease above it.  The model then
-learns "closed" from many faces, skins and lightings instead of from two men's blinks.  All
-evaluation stays on real frames.
+learns "closed" from many faces, skins and lightings instead of from two men's blinks.
+:func:`narrow_eye` makes the opposite: open eyes narrowed as in a look-down or a laugh (opt-in,
+``--narrowed-share``).  All evaluation stays on real frames.
 """
 
 from __future__ import annotations
@@ -121,9 +122,10 @@ def narrow_eye(
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
     """An open eye made narrower but still open, as in looking down (the upper lid follows the
     gaze down over the iris) or laughing (the cheek pushes the lower lid up too): a hard
-    *open* example.  The leave-one-out folds mistook exactly these for closures (talkingface's
-    look-down and laugh, openness 0.22-0.38), because every synthetic closure taught that a
-    smaller opening means shut.  The upper lid comes down 20-50 % of the opening, sometimes the
+    *open* example, for the leave-one-out folds' errors (talkingface's look-down, openness
+    0.22-0.38), since every synthetic closure teaches that a smaller opening means shut.  Tried
+    as v2.5 and not shipped (design note 17): those errors stayed, because the real look-down
+    crops show no iris at all, unlike these.  The upper lid comes down 20-50 % of the opening, sometimes the
     lower lid up 0-15 %; skin fills what they cover, a dark margin marks the new upper lid, and
     what stays between them (iris, sclera) is the real eye, untouched.  At least 40 % of the
     opening and :data:`MIN_GAP_PX` crop pixels stay open, so the picture still shows an open eye;
