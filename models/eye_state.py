@@ -249,8 +249,10 @@ class _Sampler:
         self.open = np.flatnonzero(data.labels == 0)
         if len(self.open) == 0:
             raise ValueError("training needs open-eye crops")
-        closable = np.array([usable(data.lids[i]) for i in self.open], dtype=bool)
-        self.closable = self.open[closable]
+        # Lids with an opening to close or narrow, by crop index (checked once, not per draw).
+        self.has_opening = np.zeros(len(data.labels), dtype=bool)
+        self.has_opening[self.open] = [usable(data.lids[i]) for i in self.open]
+        self.closable = self.open[self.has_opening[self.open]]
         if len(self.closed) == 0 and len(self.closable) == 0:
             raise ValueError("training needs closed-eye crops or open crops with lids to close")
         people = data.subjects[self.open]
@@ -275,7 +277,8 @@ class _Sampler:
         i = self._open_index()
         crop, lids = self.data.crops[i], self.data.lids[i]
         # Drawn only when asked: with no narrowing the random stream (and v2.3) is unchanged.
-        if self.cfg.narrowed_share > 0 and self.rng.random() < self.cfg.narrowed_share and usable(lids):
+        share = self.cfg.narrowed_share
+        if share > 0 and self.rng.random() < share and self.has_opening[i]:
             return narrow_eye(crop, lids, self.rng)
         return crop, lids
 

@@ -32,13 +32,16 @@ def _lid_curves(
     return np.interp(xs, up[ou, 0], up[ou, 1]), np.interp(xs, low[ol, 0], low[ol, 1])
 
 
-def usable(lids: npt.NDArray[np.float32]) -> bool:
-    """Lids that enclose an opening (a crop with zeros, or lids crossed, cannot be closed)."""
-    if not np.any(lids):
-        return False
+def _opening(lids: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+    """Lower minus upper lid height (crop pixels) at five points across the middle of the eye."""
     xs = np.linspace(float(lids[:, :, 0].min()), float(lids[:, :, 0].max()), 9)[2:-2]
     up, low = _lid_curves(lids, xs)
-    return bool(np.all(low - up > 0.3))
+    return low - up
+
+
+def usable(lids: npt.NDArray[np.float32]) -> bool:
+    """Lids that enclose an opening (a crop with zeros, or lids crossed, cannot be closed)."""
+    return bool(np.any(lids)) and bool(np.all(_opening(lids) > 0.3))
 
 
 def _skin_over(
@@ -132,9 +135,7 @@ def narrow_eye(
     an eye too small for that comes back unchanged (still a true open example)."""
     h, w = crop.shape
     s = SCALE
-    xs = np.linspace(float(lids[:, :, 0].min()), float(lids[:, :, 0].max()), 9)[2:-2]
-    top, bottom = _lid_curves(lids, xs)
-    cover = min(0.6, 1.0 - MIN_GAP_PX / max(float((bottom - top).max()), 1e-6))
+    cover = min(0.6, 1.0 - MIN_GAP_PX / max(float(_opening(lids).max()), 1e-6))
     if cover < 0.2:
         return crop, lids
     pts = (lids.astype(np.float64) + 0.5) * s - 0.5
