@@ -222,6 +222,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             reports[mode] = evaluate(run_cfg, args.labels, directory, degrade=names, only=args.clip)
         except ValueError as err:
             return _die(2, f"eval: {err}")
+        if not reports[mode]["clips"]:
+            # Nothing replayed, so nothing can be said about the model either: name the cause.
+            why = (reports[mode]["problems"] or ["no labelled clip"])[0]
+            return _die(EX_DATAERR, f"eval: nothing scored: {why}")
         if mode == "on" and reports[mode].get("model_versions", {}).get("eye_state") is None:
             return _die(
                 EX_UNAVAILABLE, "eval: --models on, but the eye-state model could not be loaded (see log)"

@@ -104,6 +104,19 @@ def test_eval_scores_only_the_clips_asked_for(
     assert report["problems"] == ["not_labelled.mp4: no labels for this clip; not scored"]
 
 
+def test_eval_with_models_names_a_missing_clip_not_the_model(tmp_path: Path) -> None:
+    """Nothing replayed is not a model that failed to load: the one line names the clip."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("clip,start_frame,end_frame,label,note\nelsewhere.mp4,0,10,face,\n")
+    proc = edge_cli(
+        "--set", f"state_dir={tmp_path}", "eval", "--labels", str(labels),
+        "--clips", str(tmp_path), "--models", "on",
+    )  # fmt: skip
+    assert proc.returncode == 65, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "nothing scored: elsewhere.mp4: clip not found" in line and "could not be loaded" not in line
+
+
 def test_replay_json_lines(clips: Path, tmp_path: Path) -> None:
     proc = edge_cli(
         "--set", f"state_dir={tmp_path}", "replay", str(clips / "WolfgangLanger_Pexels.mp4"), "--json"
