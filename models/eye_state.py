@@ -407,7 +407,7 @@ def run_training(
         test = eye_samples(held_out, TEST_SUBJECTS)
         p = predict(res.model, test.crops, test.lids)
         report["held_out"] = {
-            "subject": ",".join(TEST_SUBJECTS),
+            "subject": ",".join(sorted({c.subject for c in held_out})),
             "clips": sorted(c.clip for c in held_out),
             "model": metrics(test.labels, p),
             "ear_only": ear_baseline(test.labels, test.openness, cfg.closed_ratio),
@@ -415,6 +415,15 @@ def run_training(
         if "out_of_fold" in report:
             t = report["out_of_fold"]["threshold"]
             report["held_out"]["model_at_out_of_fold_threshold"] = metrics(test.labels, p, threshold=t)
+        # Pooled, the larger clip outvotes the other; each held-out person is also reported alone.
+        by_subject: dict[str, Any] = {}
+        for s in sorted({c.subject for c in held_out}):
+            one = eye_samples(held_out, [s])
+            by_subject[s] = {
+                "model": metrics(one.labels, predict(res.model, one.crops, one.lids)),
+                "ear_only": ear_baseline(one.labels, one.openness, cfg.closed_ratio),
+            }
+        report["held_out"]["by_subject"] = by_subject
     report["history"] = res.history
     report["train_seconds"] = round(time.time() - t0, 1)
     _save(out, res.model, report, eye_samples(held_out, TEST_SUBJECTS) if held_out else data, data, cfg)

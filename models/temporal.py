@@ -29,7 +29,7 @@ from torch import nn
 
 from edge_agent.features import temporal_vector as frame_vector
 
-from .dataset import FEATURES, ClipData, data_hash
+from .dataset import FEATURES, TEST_SUBJECTS, ClipData, data_hash
 
 ARCH = "TemporalGRU"
 VERSION = "1.3.0"  # 1.1: v2 eye-state probabilities, 3 more people; 1.2: on v2.2; 1.3: v2.3, P
@@ -207,7 +207,8 @@ def run_training(
     by_subject: dict[str, list[str]] = {}
     for c in clips:
         by_subject.setdefault(c.subject, []).append(c.clip)
-    train_subjects = sorted(s for s in by_subject if s != "C")
+    train_subjects = sorted(s for s in by_subject if s not in TEST_SUBJECTS)
+    test_subjects = sorted(s for s in by_subject if s in TEST_SUBJECTS)
 
     def score(model: TemporalNet, names: list[str]) -> dict[str, Any]:
         ys, ps, opens = [], [], []
@@ -234,8 +235,15 @@ def run_training(
         report["leave_one_subject_out"].append({"test_subject": held, **score(model, by_subject[held])})
     names = [n for s in train_subjects for n in by_subject[s]]
     model = train([seqs[n] for n in names], cfg, progress)
-    if "C" in by_subject:
-        report["held_out"] = {"subject": "C", "clips": by_subject["C"], **score(model, by_subject["C"])}
+    if test_subjects:
+        test_clips = [n for s in test_subjects for n in by_subject[s]]
+        report["held_out"] = {
+            "subject": ",".join(test_subjects),
+            "clips": test_clips,
+            **score(model, test_clips),
+            # Pooled, the larger clip outvotes the other; each held-out person is also reported alone.
+            "by_subject": {s: score(model, by_subject[s]) for s in test_subjects},
+        }
     report["data"] = {
         "train_subjects": train_subjects,
         "real_frames": int(sum(len(seqs[n][0]) for n in names)),

