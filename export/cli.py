@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         "--int8", action="store_true", help="also write the int8 variant (CPU), calibrated on real crops"
     )
     es.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
-    es.add_argument("--data", type=Path, help="prepared data: score each variant on the held-out subject")
+    es.add_argument(
+        "--data", type=Path, help="prepared data: score each variant on the held-out subjects (pooled)"
+    )
     es.add_argument("--json", action="store_true", help="print the report as JSON")
     tp = sub.add_parser("temporal", help="export the temporal GRU as a one-step streaming model")
     tp.add_argument("--checkpoint", type=Path, default=REPO / "models" / "checkpoints" / "temporal.pt")
