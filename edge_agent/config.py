@@ -191,7 +191,7 @@ class ModelsConfig(_Section):
     enabled: bool = Field(
         False,
         description="Fuse the eye-state model with EAR for closure and blink decisions. Off by default: "
-        "fused, it finds a blink EAR misses in the car but adds two false blinks in downcast glances "
+        "fused, it finds a blink EAR misses in the car but turns downcast glances into false blinks "
         "at 320x180 (README, Models).",
     )
     eye_state: Path | None = Field(

@@ -32,7 +32,14 @@ def _gray(img: Image) -> Image:
 
 
 def _small(img: Image) -> Image:
-    out: Image = cv2.resize(img, (320, 180), interpolation=cv2.INTER_AREA)
+    """A cheap camera sees the same scene with fewer pixels: fit the frame into 320x180, keeping
+    its aspect (a 4:3 frame squeezed to 16:9 flattens every eye), and never upscale."""
+    h, w = img.shape[:2]
+    scale = min(1.0, 320 / w, 180 / h)
+    if scale >= 1.0:
+        return img
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    out: Image = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     return out
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from edge_agent.config import EdgeConfig
@@ -104,6 +105,19 @@ def test_eval_on_degraded_frames(
 ) -> None:
     """IR-like grayscale, a 320x180 camera, a head rolled 15°: the same floors hold."""
     check_floors(evaluate(make_cfg(), labels, clips, degrade=degrade))
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"), [((640, 360), (320, 180)), ((400, 300), (240, 180)), ((176, 144), (176, 144))]
+)
+def test_low_resolution_view_keeps_the_aspect(size: tuple[int, int], expected: tuple[int, int]) -> None:
+    """A 4:3 frame squeezed into 16:9 would flatten every eye (the model then sees lids lowered);
+    a frame already smaller is left alone."""
+    from edge_agent.evaluate import DEGRADATIONS
+
+    w, h = size
+    out = DEGRADATIONS["320x180"](np.zeros((h, w, 3), dtype=np.uint8))
+    assert (out.shape[1], out.shape[0]) == expected
 
 
 def test_eval_reports_what_it_cannot_use(
