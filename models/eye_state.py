@@ -417,11 +417,11 @@ def run_training(
             report["held_out"]["model_at_out_of_fold_threshold"] = metrics(test.labels, p, threshold=t)
         # Pooled, the larger clip outvotes the other; each held-out person is also reported alone.
         by_subject: dict[str, Any] = {}
-        for s in sorted({c.subject for c in held_out}):
-            one = eye_samples(held_out, [s])
+        for s in sorted(set(test.subjects.tolist())):
+            one = test.subjects == s
             by_subject[s] = {
-                "model": metrics(one.labels, predict(res.model, one.crops, one.lids)),
-                "ear_only": ear_baseline(one.labels, one.openness, cfg.closed_ratio),
+                "model": metrics(test.labels[one], p[one]),
+                "ear_only": ear_baseline(test.labels[one], test.openness[one], cfg.closed_ratio),
             }
         report["held_out"]["by_subject"] = by_subject
     report["history"] = res.history

@@ -328,15 +328,14 @@ def _balanced(path: Path, prepared: Path, tmp_path: Path) -> dict[str, tuple[flo
     from models.dataset import TEST_SUBJECTS, eye_samples, load_all
     from models.eye_state import ear_baseline, metrics
 
-    clips = load_all(prepared)
-    m = EyeStateModel(path, ModelsConfig(providers=["cpu"]), tmp_path)
+    crops, labels, openness, lids, subjects = eye_samples(load_all(prepared), TEST_SUBJECTS)
+    p = EyeStateModel(path, ModelsConfig(providers=["cpu"]), tmp_path).predict(model_input(crops, lids))
     out = {}
     for subject in TEST_SUBJECTS:
-        crops, labels, openness, lids, _ = eye_samples(clips, [subject])
-        p = m.predict(model_input(crops, lids))
+        one = subjects == subject
         out[subject] = (
-            metrics(labels, p)["balanced_accuracy"],
-            ear_baseline(labels, openness, 0.2)["balanced_accuracy"],
+            metrics(labels[one], p[one])["balanced_accuracy"],
+            ear_baseline(labels[one], openness[one], 0.2)["balanced_accuracy"],
         )
     return out
 
