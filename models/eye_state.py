@@ -355,6 +355,11 @@ def run_training(
     shipped model trained on all training subjects and tested once on the held-out subject.
     ``stills`` (open eyes of more people) always train: they have no closed eyes to test on."""
     stills = stills or []
+    clash = sorted({c.subject for c in stills} & set(TEST_SUBJECTS))
+    if clash:
+        # A still that shares a held-out person's letter would train under that name, and the
+        # report would list a held-out person among the training subjects.
+        raise ValueError(f"stills use held-out subject names {clash}: give those faces letters of their own")
     held_out = [c for c in clips if c.subject in TEST_SUBJECTS]
     clip_subjects = sorted({c.subject for c in clips} - set(TEST_SUBJECTS))
     still_subjects = sorted({c.subject for c in stills} - set(clip_subjects))

