@@ -403,7 +403,8 @@ def run_training(
     for held in clip_subjects:
         rest = [s for s in clip_subjects if s != held] + still_subjects
         test = eye_samples(clips, [held])
-        model = train(eye_samples(pool, rest), cfg, progress).model
+        train_data = eye_samples(pool, rest)
+        model = train(train_data, cfg, progress).model
         p = predict(model, test.crops, test.lids)
         oof_y.append(test.labels)
         oof_p.append(p)
@@ -413,6 +414,9 @@ def run_training(
             "model": metrics(test.labels, p),
             "ear_only": ear_baseline(test.labels, test.openness, cfg.closed_ratio),
         }
+        if train_data.labels.any():
+            cut = ear_cut(train_data, cfg.closed_ratio)["cut"]
+            fold["ear_tuned"] = {"cut": cut, **ear_baseline(test.labels, test.openness, cut)}
         report["leave_one_subject_out"].append(fold)
         # The fold model is kept: `eval` on this person's clips with it is an agent figure on
         # frames the model never saw (the shipped model trained on them).

@@ -53,6 +53,7 @@ def checkpoint(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     assert 0.1 <= report["held_out"]["ear_tuned_cut"]["cut"] <= 0.6
     assert report["held_out"]["ear_tuned_cut"]["people"] == ["A", "B"]  # never a held-out person
     assert all("ear_tuned" in v for v in report["held_out"]["by_subject"].values())
+    assert all(0.1 <= f["ear_tuned"]["cut"] <= 0.6 for f in report["leave_one_subject_out"])
     assert len(report["data"]["sha256"]) == 64
     assert out.with_suffix(".json").is_file()
     return out
