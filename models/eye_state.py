@@ -212,13 +212,18 @@ def ear_baseline(
     return metrics(y, score, threshold=1.0 - closed_ratio)
 
 
-def ear_cut(data: EyeSamples, prefer: float) -> dict[str, Any]:
+def ear_cut(
+    labels: npt.NDArray[np.int64],
+    openness: npt.NDArray[np.float32],
+    subjects: npt.NDArray[np.str_],
+    prefer: float,
+) -> dict[str, Any]:
     """The openness cut that maximises the mean per-person balanced accuracy of EAR alone on the
-    training people (those with closed crops): a fairer baseline than the detector's fixed cut,
+    training people (those with closed eyes): a fairer baseline than the detector's fixed cut,
     chosen on the same frames the model learns from.  Ties go to the cut nearest ``prefer``."""
     from sklearn.metrics import balanced_accuracy_score
 
-    people = [str(s) for s in np.unique(data.subjects) if data.labels[data.subjects == s].any()]
+    people = [str(s) for s in np.unique(subjects) if labels[subjects == s].any()]
     if not people:
         raise ValueError("no training person with closed eyes to choose an EAR cut on")
     grid = np.round(np.arange(0.10, 0.61, 0.01), 2)
@@ -226,10 +231,8 @@ def ear_cut(data: EyeSamples, prefer: float) -> dict[str, Any]:
     def score(cut: float) -> float:
         per = []
         for s in people:
-            one = data.subjects == s
-            per.append(
-                balanced_accuracy_score(data.labels[one], (data.openness[one] <= cut).astype(np.int64))
-            )
+            one = subjects == s
+            per.append(balanced_accuracy_score(labels[one], (openness[one] <= cut).astype(np.int64)))
         return float(np.mean(per))
 
     scores = [score(c) for c in grid]
@@ -415,7 +418,9 @@ def run_training(
             "ear_only": ear_baseline(test.labels, test.openness, cfg.closed_ratio),
         }
         if train_data.labels.any():
-            cut = ear_cut(train_data, cfg.closed_ratio)["cut"]
+            cut = ear_cut(train_data.labels, train_data.openness, train_data.subjects, cfg.closed_ratio)[
+                "cut"
+            ]
             fold["ear_tuned"] = {"cut": cut, **ear_baseline(test.labels, test.openness, cut)}
         report["leave_one_subject_out"].append(fold)
         # The fold model is kept: `eval` on this person's clips with it is an agent figure on
@@ -451,7 +456,8 @@ def run_training(
             report["held_out"]["model_at_out_of_fold_threshold"] = metrics(test.labels, p, threshold=t)
         # EAR alone at a cut chosen on the training people, as the model's is: on so few hard
         # open eyes it is the baseline to beat, not only the detector's fixed cut.
-        tuned = ear_cut(eye_samples(pool, clip_subjects), cfg.closed_ratio)
+        people = eye_samples(pool, clip_subjects)
+        tuned = ear_cut(people.labels, people.openness, people.subjects, cfg.closed_ratio)
         report["held_out"]["ear_tuned_cut"] = tuned
         # Pooled, the larger clip outvotes the other; each held-out person is also reported alone.
         by_subject: dict[str, Any] = {}

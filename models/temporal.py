@@ -200,7 +200,7 @@ def run_training(
     """Leave-one-subject-out figures, then the shipped GRU trained on every training subject
     and tested once on the held-out one.  ``eye_prob_source``: per subject, the eye-state model
     that gave its probabilities (for the report)."""
-    from .eye_state import metrics
+    from .eye_state import ear_cut, metrics
 
     eye_probs = eye_probs or {}
     seqs = {c.clip: (clip_sequence(c, eye_probs.get(c.clip)), c.labels) for c in clips}
@@ -210,17 +210,27 @@ def run_training(
     train_subjects = sorted(s for s in by_subject if s not in TEST_SUBJECTS)
     test_subjects = sorted(s for s in by_subject if s in TEST_SUBJECTS)
 
-    def score(model: TemporalNet, names: list[str]) -> dict[str, Any]:
-        ys, ps, opens = [], [], []
-        for name in names:
-            x, lab = seqs[name]
-            p = run_sequence(model, x)[:, 0]
-            keep = lab >= 0
-            ys.append(lab[keep].astype(np.int64))
-            ps.append(p[keep])
-            opens.append(x[keep, 0])
-        y, p, o = np.concatenate(ys), np.concatenate(ps), np.concatenate(opens)
-        return {"model": metrics(y, p), "ear_only": metrics(y, (o <= 0.2).astype(np.float32))}
+    subject_of = {c.clip: c.subject for c in clips}
+
+    def labelled(names: list[str]) -> tuple[Any, Any, Any]:
+        """(closed-now labels, openness, subject) of the labelled frames of these clips."""
+        keep = [seqs[n][1] >= 0 for n in names]
+        y = np.concatenate([seqs[n][1][k].astype(np.int64) for n, k in zip(names, keep, strict=True)])
+        o = np.concatenate([seqs[n][0][k, 0] for n, k in zip(names, keep, strict=True)])
+        s = np.concatenate([np.full(int(k.sum()), subject_of[n]) for n, k in zip(names, keep, strict=True)])
+        return y, o, s
+
+    def score(model: TemporalNet, names: list[str], train_names: list[str]) -> dict[str, Any]:
+        """The GRU, EAR at the detector's cut, and EAR at a cut chosen on ``train_names``."""
+        y, o, _ = labelled(names)
+        keep = [seqs[n][1] >= 0 for n in names]
+        p = np.concatenate([run_sequence(model, seqs[n][0])[k, 0] for n, k in zip(names, keep, strict=True)])
+        out = {"model": metrics(y, p), "ear_only": metrics(y, (o <= 0.2).astype(np.float32))}
+        ty, to, ts = labelled(train_names)
+        if ty.any():
+            cut = ear_cut(ty, to, ts, 0.2)["cut"]
+            out["ear_tuned"] = {"cut": cut, **metrics(y, (o <= cut).astype(np.float32))}
+        return out
 
     t0 = time.time()
     report: dict[str, Any] = {
@@ -232,7 +242,7 @@ def run_training(
     for held in train_subjects:
         rest = [n for s in train_subjects if s != held for n in by_subject[s]]
         model = train([seqs[n] for n in rest], cfg, progress)
-        report["leave_one_subject_out"].append({"test_subject": held, **score(model, by_subject[held])})
+        report["leave_one_subject_out"].append({"test_subject": held, **score(model, by_subject[held], rest)})
     names = [n for s in train_subjects for n in by_subject[s]]
     model = train([seqs[n] for n in names], cfg, progress)
     if test_subjects:
@@ -240,9 +250,9 @@ def run_training(
         report["held_out"] = {
             "subject": ",".join(test_subjects),
             "clips": test_clips,
-            **score(model, test_clips),
+            **score(model, test_clips, names),
             # Pooled, the larger clip outvotes the other; each held-out person is also reported alone.
-            "by_subject": {s: score(model, by_subject[s]) for s in test_subjects},
+            "by_subject": {s: score(model, by_subject[s], names) for s in test_subjects},
         }
     report["data"] = {
         "train_subjects": train_subjects,

@@ -536,20 +536,15 @@ def test_still_labels_refuse_bad_rows_with_one_line(tmp_path: Path, clips: Path)
 def test_ear_cut_is_chosen_per_person_and_prefers_the_detectors() -> None:
     """X shuts to 0.3 and opens to 0.6, Y to 0.1 and 0.5: every cut in 0.30-0.49 is perfect for
     both, and the tie goes to the cut nearest the detector's 0.2. Open-only people do not vote."""
-    from models.dataset import EyeSamples
     from models.eye_state import ear_cut
 
     openness = np.array([0.3, 0.6, 0.6, 0.1, 0.5, 0.5, 0.25], dtype=np.float32)
     labels = np.array([1, 0, 0, 1, 0, 0, 0])
     subjects = np.array(["X", "X", "X", "Y", "Y", "Y", "S"])
-    none = np.zeros((7, 1, 1), dtype=np.uint8)
-    cut = ear_cut(EyeSamples(none, labels, openness, np.zeros((7, 2, 9, 2), np.float32), subjects), 0.2)
+    cut = ear_cut(labels, openness, subjects, 0.2)
     assert cut == {"cut": 0.3, "mean_balanced_accuracy": 1.0, "people": ["X", "Y"]}
-    open_only = EyeSamples(
-        none, np.zeros(7, dtype=np.int64), openness, np.zeros((7, 2, 9, 2), np.float32), subjects
-    )
     with pytest.raises(ValueError, match="no training person with closed eyes"):
-        ear_cut(open_only, 0.2)
+        ear_cut(np.zeros(7, dtype=np.int64), openness, subjects, 0.2)
 
 
 def test_data_prepared_under_an_older_split_is_refused(prepared: Path, tmp_path: Path) -> None:
