@@ -418,10 +418,11 @@ def run_training(
             "ear_only": ear_baseline(test.labels, test.openness, cfg.closed_ratio),
         }
         if train_data.labels.any():
-            cut = ear_cut(train_data.labels, train_data.openness, train_data.subjects, cfg.closed_ratio)[
-                "cut"
-            ]
-            fold["ear_tuned"] = {"cut": cut, **ear_baseline(test.labels, test.openness, cut)}
+            tuned = ear_cut(train_data.labels, train_data.openness, train_data.subjects, cfg.closed_ratio)
+            fold["ear_tuned"] = {
+                "cut": tuned["cut"],
+                **ear_baseline(test.labels, test.openness, tuned["cut"]),
+            }
         report["leave_one_subject_out"].append(fold)
         # The fold model is kept: `eval` on this person's clips with it is an agent figure on
         # frames the model never saw (the shipped model trained on them).

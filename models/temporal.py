@@ -200,7 +200,7 @@ def run_training(
     """Leave-one-subject-out figures, then the shipped GRU trained on every training subject
     and tested once on the held-out one.  ``eye_prob_source``: per subject, the eye-state model
     that gave its probabilities (for the report)."""
-    from .eye_state import ear_cut, metrics
+    from .eye_state import ear_baseline, ear_cut, metrics
 
     eye_probs = eye_probs or {}
     seqs = {c.clip: (clip_sequence(c, eye_probs.get(c.clip)), c.labels) for c in clips}
@@ -225,11 +225,11 @@ def run_training(
         y, o, _ = labelled(names)
         keep = [seqs[n][1] >= 0 for n in names]
         p = np.concatenate([run_sequence(model, seqs[n][0])[k, 0] for n, k in zip(names, keep, strict=True)])
-        out = {"model": metrics(y, p), "ear_only": metrics(y, (o <= 0.2).astype(np.float32))}
+        out = {"model": metrics(y, p), "ear_only": ear_baseline(y, o, 0.2)}
         ty, to, ts = labelled(train_names)
         if ty.any():
-            cut = ear_cut(ty, to, ts, 0.2)["cut"]
-            out["ear_tuned"] = {"cut": cut, **metrics(y, (o <= cut).astype(np.float32))}
+            tuned = ear_cut(ty, to, ts, 0.2)
+            out["ear_tuned"] = {"cut": tuned["cut"], **ear_baseline(y, o, tuned["cut"])}
         return out
 
     t0 = time.time()
