@@ -212,24 +212,27 @@ def run_training(
 
     subject_of = {c.clip: c.subject for c in clips}
 
-    def labelled(names: list[str]) -> tuple[Any, Any, Any]:
-        """(closed-now labels, openness, subject) of the labelled frames of these clips."""
+    def labelled(names: list[str]) -> tuple[Any, Any, Any, list[Any]]:
+        """(closed-now labels, openness, subject) of the labelled frames of these clips, and
+        each clip's mask of them."""
         keep = [seqs[n][1] >= 0 for n in names]
         y = np.concatenate([seqs[n][1][k].astype(np.int64) for n, k in zip(names, keep, strict=True)])
         o = np.concatenate([seqs[n][0][k, 0] for n, k in zip(names, keep, strict=True)])
         s = np.concatenate([np.full(int(k.sum()), subject_of[n]) for n, k in zip(names, keep, strict=True)])
-        return y, o, s
+        return y, o, s, keep
 
-    def score(model: TemporalNet, names: list[str], train_names: list[str]) -> dict[str, Any]:
-        """The GRU, EAR at the detector's cut, and EAR at a cut chosen on ``train_names``."""
-        y, o, _ = labelled(names)
-        keep = [seqs[n][1] >= 0 for n in names]
+    def tuned_cut(train_names: list[str]) -> float | None:
+        """EAR's cut chosen on the training people's frames (none without a closed frame)."""
+        y, o, s, _ = labelled(train_names)
+        return ear_cut(y, o, s, 0.2)["cut"] if y.any() else None
+
+    def score(model: TemporalNet, names: list[str], cut: float | None) -> dict[str, Any]:
+        """The GRU, EAR at the detector's cut, and EAR at ``cut`` (chosen on the training people)."""
+        y, o, _, keep = labelled(names)
         p = np.concatenate([run_sequence(model, seqs[n][0])[k, 0] for n, k in zip(names, keep, strict=True)])
         out = {"model": metrics(y, p), "ear_only": ear_baseline(y, o, 0.2)}
-        ty, to, ts = labelled(train_names)
-        if ty.any():
-            tuned = ear_cut(ty, to, ts, 0.2)
-            out["ear_tuned"] = {"cut": tuned["cut"], **ear_baseline(y, o, tuned["cut"])}
+        if cut is not None:
+            out["ear_tuned"] = {"cut": cut, **ear_baseline(y, o, cut)}
         return out
 
     t0 = time.time()
@@ -242,17 +245,19 @@ def run_training(
     for held in train_subjects:
         rest = [n for s in train_subjects if s != held for n in by_subject[s]]
         model = train([seqs[n] for n in rest], cfg, progress)
-        report["leave_one_subject_out"].append({"test_subject": held, **score(model, by_subject[held], rest)})
+        fold = score(model, by_subject[held], tuned_cut(rest))
+        report["leave_one_subject_out"].append({"test_subject": held, **fold})
     names = [n for s in train_subjects for n in by_subject[s]]
     model = train([seqs[n] for n in names], cfg, progress)
     if test_subjects:
         test_clips = [n for s in test_subjects for n in by_subject[s]]
+        cut = tuned_cut(names)
         report["held_out"] = {
             "subject": ",".join(test_subjects),
             "clips": test_clips,
-            **score(model, test_clips, names),
+            **score(model, test_clips, cut),
             # Pooled, the larger clip outvotes the other; each held-out person is also reported alone.
-            "by_subject": {s: score(model, by_subject[s], names) for s in test_subjects},
+            "by_subject": {s: score(model, by_subject[s], cut) for s in test_subjects},
         }
     report["data"] = {
         "train_subjects": train_subjects,
