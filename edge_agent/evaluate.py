@@ -4,6 +4,9 @@ Scores: blink precision / recall / F1 (a detected blink matches a labelled blink
 overlaps, one to one); closure alarms (MICROSLEEP/SLEEP) inside and outside ``closed`` ranges,
 and, of those outside, how many fell in ``look_down`` / ``squint_smile`` ranges; the latency
 from the start of each ``closed`` range to its first alarm; per-frame face-presence accuracy.
+An ``unsure`` range marks frames a labeller could not decide (shut eyes or a downcast look?): a
+blink or alarm there is neither counted nor held against the agent, and is reported as ignored,
+so the decision stays visible instead of being guessed into the figures.
 Clips or label rows it cannot use are reported under ``problems``, never silently dropped.
 """
 
@@ -71,7 +74,7 @@ def compose(names: list[str]) -> Callable[[Image], Image] | None:
     return apply
 
 
-KNOWN_LABELS = ("face", "no_face", "blink", "closed", "look_down", "squint_smile")
+KNOWN_LABELS = ("face", "no_face", "blink", "closed", "look_down", "squint_smile", "unsure")
 BLINK_TOLERANCE_FRAMES = 2
 _CLOSURE_ALARMS = (EventType.MICROSLEEP, EventType.SLEEP)
 
@@ -93,6 +96,8 @@ class ClipScore:
     blink_tp: int = 0
     blink_fp: int = 0
     blink_fn: int = 0
+    blinks_ignored: int = 0  # unmatched blinks inside ``unsure`` ranges
+    alarms_ignored: int = 0  # closure alarms raised inside ``unsure`` ranges
     alarms_in_closed: int = 0
     alarms_outside: int = 0
     alarms_in_look_down: int = 0
@@ -176,7 +181,14 @@ def score_clip(
         else:
             used.add(match)
             s.blink_tp += 1
-    s.blink_fp = len(blinks) - len(used)
+    unsure = [lab for lab in labels if lab.label == "unsure"]
+    s.blinks_ignored = sum(
+        1
+        for i, e in enumerate(blinks)
+        if i not in used
+        and any(_overlaps(u.start, u.end, e.start_frame, e.end_frame or e.start_frame) for u in unsure)
+    )
+    s.blink_fp = len(blinks) - len(used) - s.blinks_ignored
     # Closure alarms (each alarm counted once, at the frame it was raised).
     closed = [lab for lab in labels if lab.label == "closed"]
     # Raised and ended records share an event_id: count each alarm once.
@@ -187,6 +199,9 @@ def score_clip(
         f = e.raised_frame or 0
         if any(lab.start <= f <= lab.end for lab in closed):
             s.alarms_in_closed += 1
+            continue
+        if any(u.start <= f <= u.end for u in unsure):
+            s.alarms_ignored += 1
             continue
         s.alarms_outside += 1
         for kind in ("look_down", "squint_smile"):
@@ -292,6 +307,7 @@ def evaluate(
                     "tp": c.blink_tp,
                     "fp": c.blink_fp,
                     "fn": c.blink_fn,
+                    "ignored_unsure": c.blinks_ignored,
                     **_prf(c.blink_tp, c.blink_fp, c.blink_fn),
                 },
                 "closure_alarms": {
@@ -299,6 +315,7 @@ def evaluate(
                     "outside_closed": c.alarms_outside,
                     "in_look_down": c.alarms_in_look_down,
                     "in_squint_smile": c.alarms_in_squint_smile,
+                    "ignored_unsure": c.alarms_ignored,
                     "false_alarms": c.false_alarms,
                 },
                 "closed_ranges": c.closed_ranges,
@@ -310,13 +327,20 @@ def evaluate(
             }
             for c in clips
         ],
-        "blinks": {"tp": tp, "fp": fp, "fn": fn, **_prf(tp, fp, fn)},
+        "blinks": {
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "ignored_unsure": sum(c.blinks_ignored for c in clips),
+            **_prf(tp, fp, fn),
+        },
         "closure_alarms": {
             "inside_closed": inside,
             "outside_closed": outside,
             "precision": round(inside / (inside + outside), 3) if inside + outside else None,
             "in_look_down": sum(c.alarms_in_look_down for c in clips),
             "in_squint_smile": sum(c.alarms_in_squint_smile for c in clips),
+            "ignored_unsure": sum(c.alarms_ignored for c in clips),
         },
         "closed_ranges": sum(c.closed_ranges for c in clips),
         "closed_ranges_alarmed": sum(c.closed_alarmed for c in clips),
@@ -388,11 +412,12 @@ def format_table(report: dict[str, Any]) -> str:
     rows.append("")
     rows.append(
         f"blinks: precision {b['precision']:.3f}  recall {b['recall']:.3f}  F1 {b['f1']:.3f}  "
-        f"(tp {b['tp']}, fp {b['fp']}, fn {b['fn']})"
+        f"(tp {b['tp']}, fp {b['fp']}, fn {b['fn']}; {b['ignored_unsure']} in unsure ranges, not counted)"
     )
     rows.append(
         f"closure alarms: {a['inside_closed']} inside closed ranges, {a['outside_closed']} outside "
-        f"({a['in_look_down']} in look_down, {a['in_squint_smile']} in squint_smile)"
+        f"({a['in_look_down']} in look_down, {a['in_squint_smile']} in squint_smile; "
+        f"{a['ignored_unsure']} in unsure ranges, not counted)"
     )
     lat = report["latency_ms"]
     rows.append(

@@ -4,6 +4,8 @@ sleepsafe-train prepare [--clips DIR] [--labels data/labels/eye_state.csv]
                         [--stills data/labels/stills.csv] [--data DIR]
 sleepsafe-train eye-state --data DIR [--out models/checkpoints/eye_state.pt] [--epochs N] [--seed S]
 sleepsafe-train temporal --data DIR [--eye-model models/eye_state.onnx] [--eye-folds CHECKPOINT]
+sleepsafe-train score --data DIR [--eye-model models/eye_state.onnx]
+                      [--temporal-model models/temporal.onnx|none] [--json]
 """
 
 from __future__ import annotations
@@ -102,6 +104,19 @@ def main(argv: list[str] | None = None) -> int:
         help="eye-state checkpoint whose leave-one-subject-out fold models (FILE.loso-S.pt) give "
         "each training person's probabilities (out of fold); others come from --eye-model",
     )
+    sc = sub.add_parser(
+        "score",
+        help="score the shipped ONNX models on each held-out person of the prepared data, beside EAR alone",
+    )
+    sc.add_argument("--data", type=Path, default=default_data_dir())
+    sc.add_argument("--eye-model", type=Path, default=REPO / "models" / "eye_state.onnx")
+    sc.add_argument(
+        "--temporal-model",
+        type=Path,
+        default=REPO / "models" / "temporal.onnx",
+        help="temporal ONNX ('none' to score the eye-state model only)",
+    )
+    sc.add_argument("--json", action="store_true", help="print one JSON object")
     tp.add_argument("--steps", type=int, default=400)
     tp.add_argument("--seed", type=int, default=11)
     tp.add_argument("--no-progress", action="store_true")
@@ -125,6 +140,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .dataset import load_all, load_stills
 
+        if args.command == "score":
+            from edge_agent.inference import ModelError
+
+            from .score import format_scores, score_eye_state, score_temporal
+
+            clips = load_all(args.data)
+            try:
+                scores = {"eye_state": score_eye_state(clips, args.eye_model)}
+                if str(args.temporal_model) != "none":
+                    eye_probs, _ = eye_probabilities(clips, args.eye_model)
+                    scores["temporal"] = score_temporal(clips, args.temporal_model, eye_probs)
+            except ModelError as err:
+                print(f"sleepsafe-train: {err}", file=sys.stderr)
+                return 65
+            print(json.dumps(scores, indent=2) if args.json else format_scores(scores))
+            return 0
         if args.command == "temporal":
             from .temporal import TemporalTrainConfig
             from .temporal import run_training as run_temporal

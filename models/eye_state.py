@@ -212,6 +212,38 @@ def ear_baseline(
     return metrics(y, score, threshold=1.0 - closed_ratio)
 
 
+def person_scores(
+    y: npt.NDArray[np.int64],
+    openness: npt.NDArray[np.float32],
+    p: npt.NDArray[np.float32],
+    closed_ratio: float,
+    cut: float | None,
+    unit: str = "crops",
+) -> dict[str, Any]:
+    """One person's figures on the same samples: the model, EAR at the detector's cut, and EAR
+    at ``cut`` (chosen on the training people; left out when there is none)."""
+    out: dict[str, Any] = {
+        unit: {"open": int((y == 0).sum()), "closed": int((y == 1).sum())},
+        "model": metrics(y, p),
+        "ear_only": ear_baseline(y, openness, closed_ratio),
+    }
+    if cut is not None:
+        out["ear_tuned"] = {"cut": cut, **ear_baseline(y, openness, cut)}
+    return out
+
+
+def by_subject_scores(
+    test: EyeSamples, p: npt.NDArray[np.float32], closed_ratio: float, cut: float | None
+) -> dict[str, Any]:
+    """:func:`person_scores` for each person of ``test``, alone: pooled, the larger clip would
+    outvote the smaller."""
+    out = {}
+    for s in sorted(set(test.subjects.tolist())):
+        one = test.subjects == s
+        out[s] = person_scores(test.labels[one], test.openness[one], p[one], closed_ratio, cut)
+    return out
+
+
 def ear_cut(
     labels: npt.NDArray[np.int64],
     openness: npt.NDArray[np.float32],
@@ -411,18 +443,16 @@ def run_training(
         p = predict(model, test.crops, test.lids)
         oof_y.append(test.labels)
         oof_p.append(p)
+        cut = (
+            ear_cut(train_data.labels, train_data.openness, train_data.subjects, cfg.closed_ratio)["cut"]
+            if train_data.labels.any()
+            else None
+        )
         fold = {
             "train_subjects": rest,
             "test_subject": held,
-            "model": metrics(test.labels, p),
-            "ear_only": ear_baseline(test.labels, test.openness, cfg.closed_ratio),
+            **person_scores(test.labels, test.openness, p, cfg.closed_ratio, cut),
         }
-        if train_data.labels.any():
-            tuned = ear_cut(train_data.labels, train_data.openness, train_data.subjects, cfg.closed_ratio)
-            fold["ear_tuned"] = {
-                "cut": tuned["cut"],
-                **ear_baseline(test.labels, test.openness, tuned["cut"]),
-            }
         report["leave_one_subject_out"].append(fold)
         # The fold model is kept: `eval` on this person's clips with it is an agent figure on
         # frames the model never saw (the shipped model trained on them).
@@ -460,16 +490,7 @@ def run_training(
         people = eye_samples(pool, clip_subjects)
         tuned = ear_cut(people.labels, people.openness, people.subjects, cfg.closed_ratio)
         report["held_out"]["ear_tuned_cut"] = tuned
-        # Pooled, the larger clip outvotes the other; each held-out person is also reported alone.
-        by_subject: dict[str, Any] = {}
-        for s in sorted(set(test.subjects.tolist())):
-            one = test.subjects == s
-            by_subject[s] = {
-                "model": metrics(test.labels[one], p[one]),
-                "ear_only": ear_baseline(test.labels[one], test.openness[one], cfg.closed_ratio),
-                "ear_tuned": ear_baseline(test.labels[one], test.openness[one], tuned["cut"]),
-            }
-        report["held_out"]["by_subject"] = by_subject
+        report["held_out"]["by_subject"] = by_subject_scores(test, p, cfg.closed_ratio, tuned["cut"])
     report["history"] = res.history
     report["train_seconds"] = round(time.time() - t0, 1)
     _save(out, res.model, report, eye_samples(held_out, TEST_SUBJECTS) if held_out else data, data, cfg)

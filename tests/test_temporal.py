@@ -35,8 +35,8 @@ def temporal_ckpt(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
     out = tmp_path_factory.mktemp("t") / "temporal.pt"
     report = run_training(load_all(prepared), out, TemporalTrainConfig(steps=3, batch=4), progress=False)
-    assert report["held_out"]["subject"] == "C,Q,R" and report["data"]["train_subjects"] == ["A", "B"]
-    assert set(report["held_out"]["by_subject"]) == {"C", "Q", "R"}
+    assert report["held_out"]["subject"] == "C,Q,R,W" and report["data"]["train_subjects"] == ["A", "B"]
+    assert set(report["held_out"]["by_subject"]) == {"C", "Q", "R", "W"}
     # EAR at a cut chosen on the training people's frames, beside the detector's fixed cut
     assert 0.1 <= report["held_out"]["ear_tuned"]["cut"] <= 0.6
     assert all("ear_tuned" in v for v in report["held_out"]["by_subject"].values())

@@ -1,0 +1,120 @@
+"""Score the exported models that ship on each held-out person of a prepared data directory.
+
+The trainers test on the held-out people once, when they train.  People labelled later (a new
+camera, glasses, the first woman held out) must be scored with the very ONNX files that ship,
+without retraining, or the model cards' claims stop at the people there were on training day.
+This runs the shipped files through the runtime's own classes (onnxruntime, no torch) and puts
+beside them EAR alone at the detector's cut and at a cut chosen on the training people present
+(the fairer baseline, design note 20), per person: pooled, the larger clip would outvote the
+smaller.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dataset import TEST_SUBJECTS, ClipData, eye_samples
+from .eye_state import by_subject_scores, ear_cut, person_scores
+
+
+def score_eye_state(clips: list[ClipData], model_path: Path, closed_ratio: float = 0.2) -> dict[str, Any]:
+    """Per held-out person, on the same crops: the model, EAR at ``closed_ratio`` and EAR at the
+    cut chosen on the training people's crops (absent when none of them has a closed eye)."""
+    from edge_agent.config import ModelsConfig
+    from edge_agent.eyecrop import model_input
+    from edge_agent.inference import EyeStateModel
+
+    held = [c for c in clips if c.subject in TEST_SUBJECTS]
+    if not held:
+        raise ValueError(f"no held-out person ({', '.join(TEST_SUBJECTS)}) in the prepared data")
+    test = eye_samples(held, TEST_SUBJECTS)
+    model = EyeStateModel(model_path, ModelsConfig(providers=["cpu"]), Path("/tmp"))
+    p = model.predict(model_input(test.crops, test.lids))
+    trained = sorted({c.subject for c in clips} - set(TEST_SUBJECTS))
+    cut = None
+    if trained:
+        people = eye_samples(clips, trained)
+        if people.labels.any():
+            cut = ear_cut(people.labels, people.openness, people.subjects, closed_ratio)
+    return {
+        "model": str(model_path),
+        "version": model.version,
+        "ear_tuned_cut": cut,
+        "by_subject": by_subject_scores(test, p, closed_ratio, cut["cut"] if cut else None),
+    }
+
+
+def score_temporal(
+    clips: list[ClipData], model_path: Path, eye_probs: dict[str, Any] | None, closed_ratio: float = 0.2
+) -> dict[str, Any]:
+    """Per held-out person, on the labelled frames: the GRU's closed-now (run one frame at a
+    time with its state carried, as in the agent), EAR at ``closed_ratio`` and at the cut chosen
+    on the training people's frames."""
+    from edge_agent.config import ModelsConfig
+    from edge_agent.inference import TemporalModel
+
+    from .temporal import clip_sequence
+
+    model = TemporalModel(model_path, ModelsConfig(providers=["cpu"]), Path("/tmp"))
+    ys: dict[str, list[Any]] = {}
+    opens: dict[str, list[Any]] = {}
+    probs: dict[str, list[Any]] = {}
+    for c in clips:
+        keep = c.labels >= 0
+        seq = clip_sequence(c, (eye_probs or {}).get(c.clip))
+        ys.setdefault(c.subject, []).append(c.labels[keep].astype(np.int64))
+        opens.setdefault(c.subject, []).append(seq[keep, 0])
+        if c.subject in TEST_SUBJECTS:
+            model.reset()
+            p = np.array([model.step(row.tolist())[0] for row in seq], dtype=np.float32)
+            probs.setdefault(c.subject, []).append(p[keep])
+    y = {s: np.concatenate(v) for s, v in ys.items()}
+    o = {s: np.concatenate(v) for s, v in opens.items()}
+    trained = [s for s in sorted(y) if s not in TEST_SUBJECTS and len(y[s])]
+    cut = None
+    if trained and any(y[s].any() for s in trained):
+        subjects = np.concatenate([np.full(len(y[s]), s) for s in trained])
+        cut = ear_cut(
+            np.concatenate([y[s] for s in trained]),
+            np.concatenate([o[s] for s in trained]),
+            subjects,
+            closed_ratio,
+        )
+    by_subject = {
+        s: person_scores(
+            y[s], o[s], np.concatenate(probs[s]), closed_ratio, cut["cut"] if cut else None, "frames"
+        )
+        for s in sorted(probs)
+        if len(y[s])
+    }
+    return {
+        "model": str(model_path),
+        "version": model.version,
+        "ear_tuned_cut": cut,
+        "by_subject": by_subject,
+    }
+
+
+def format_scores(report: dict[str, Any]) -> str:
+    """One row per held-out person: balanced accuracy of each model and of EAR beside it."""
+    rows = []
+    for part, unit in (("eye_state", "crops"), ("temporal", "frames")):
+        if part not in report:
+            continue
+        r = report[part]
+        cut = r["ear_tuned_cut"]["cut"] if r["ear_tuned_cut"] else None
+        tuned = f"EAR@{cut:.2f}" if cut is not None else "EAR@learnt"
+        rows.append(f"{part} {r['version']} ({r['model']}), balanced accuracy on real {unit}:")
+        rows.append(f"  person  {unit + ' open/closed':<20} {'model':>6} {'EAR@0.20':>9} {tuned:>10}")
+        for s, v in r["by_subject"].items():
+            n = v[unit]
+            t = v.get("ear_tuned", {}).get("balanced_accuracy")
+            rows.append(
+                f"  {s:<7} {str(n['open']) + '/' + str(n['closed']):<20} "
+                f"{v['model']['balanced_accuracy']:>6.3f} {v['ear_only']['balanced_accuracy']:>9.3f} "
+                f"{t if t is None else f'{t:.3f}':>10}"
+            )
+    return "\n".join(rows)
