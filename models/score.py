@@ -56,40 +56,27 @@ def score_temporal(
     from edge_agent.config import ModelsConfig
     from edge_agent.inference import TemporalModel
 
-    from .temporal import clip_sequence
+    from .temporal import clip_sequence, frame_ear_cut, labelled_frames
 
     model = TemporalModel(model_path, ModelsConfig(providers=["cpu"]), Path("/tmp"))
-    ys: dict[str, list[Any]] = {}
-    opens: dict[str, list[Any]] = {}
-    probs: dict[str, list[Any]] = {}
-    for c in clips:
-        keep = c.labels >= 0
-        seq = clip_sequence(c, (eye_probs or {}).get(c.clip))
-        ys.setdefault(c.subject, []).append(c.labels[keep].astype(np.int64))
-        opens.setdefault(c.subject, []).append(seq[keep, 0])
-        if c.subject in TEST_SUBJECTS:
+    seqs = {c.clip: (clip_sequence(c, (eye_probs or {}).get(c.clip)), c.labels) for c in clips}
+    subject_of = {c.clip: c.subject for c in clips}
+    cut = frame_ear_cut(
+        seqs, subject_of, [c.clip for c in clips if c.subject not in TEST_SUBJECTS], closed_ratio
+    )
+    by_subject = {}
+    for s in sorted({c.subject for c in clips} & set(TEST_SUBJECTS)):
+        names = [c.clip for c in clips if c.subject == s]
+        y, o, _, keep = labelled_frames(seqs, subject_of, names)
+        if not len(y):
+            continue
+        probs = []
+        for n, k in zip(names, keep, strict=True):
             model.reset()
-            p = np.array([model.step(row.tolist())[0] for row in seq], dtype=np.float32)
-            probs.setdefault(c.subject, []).append(p[keep])
-    y = {s: np.concatenate(v) for s, v in ys.items()}
-    o = {s: np.concatenate(v) for s, v in opens.items()}
-    trained = [s for s in sorted(y) if s not in TEST_SUBJECTS and len(y[s])]
-    cut = None
-    if trained and any(y[s].any() for s in trained):
-        subjects = np.concatenate([np.full(len(y[s]), s) for s in trained])
-        cut = ear_cut(
-            np.concatenate([y[s] for s in trained]),
-            np.concatenate([o[s] for s in trained]),
-            subjects,
-            closed_ratio,
+            probs.append(np.array([model.step(row.tolist())[0] for row in seqs[n][0]], dtype=np.float32)[k])
+        by_subject[s] = person_scores(
+            y, o, np.concatenate(probs), closed_ratio, cut["cut"] if cut else None, "frames"
         )
-    by_subject = {
-        s: person_scores(
-            y[s], o[s], np.concatenate(probs[s]), closed_ratio, cut["cut"] if cut else None, "frames"
-        )
-        for s in sorted(probs)
-        if len(y[s])
-    }
     return {
         "model": str(model_path),
         "version": model.version,

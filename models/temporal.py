@@ -189,6 +189,36 @@ def run_sequence(model: TemporalNet, x: npt.NDArray[np.float32]) -> npt.NDArray[
     return probs
 
 
+def labelled_frames(
+    seqs: dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.int8]]],
+    subject_of: dict[str, str],
+    names: list[str],
+) -> tuple[Any, Any, Any, list[Any]]:
+    """(closed-now labels, openness, subject) of the labelled frames of these clips (``seqs``:
+    clip -> (clip_sequence rows, labels)), and each clip's mask of them."""
+    keep = [seqs[n][1] >= 0 for n in names]
+    y = np.concatenate([seqs[n][1][k].astype(np.int64) for n, k in zip(names, keep, strict=True)])
+    o = np.concatenate([seqs[n][0][k, 0] for n, k in zip(names, keep, strict=True)])
+    s = np.concatenate([np.full(int(k.sum()), subject_of[n]) for n, k in zip(names, keep, strict=True)])
+    return y, o, s, keep
+
+
+def frame_ear_cut(
+    seqs: dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.int8]]],
+    subject_of: dict[str, str],
+    train_names: list[str],
+    prefer: float = 0.2,
+) -> dict[str, Any] | None:
+    """EAR's cut chosen on the training people's labelled frames (:func:`ear_cut`'s answer;
+    none without a closed frame)."""
+    from .eye_state import ear_cut
+
+    if not train_names:
+        return None
+    y, o, s, _ = labelled_frames(seqs, subject_of, train_names)
+    return ear_cut(y, o, s, prefer) if y.any() else None
+
+
 def run_training(
     clips: list[ClipData],
     out: Path,
@@ -200,7 +230,7 @@ def run_training(
     """Leave-one-subject-out figures, then the shipped GRU trained on every training subject
     and tested once on the held-out one.  ``eye_prob_source``: per subject, the eye-state model
     that gave its probabilities (for the report)."""
-    from .eye_state import ear_cut, person_scores
+    from .eye_state import person_scores
 
     eye_probs = eye_probs or {}
     seqs = {c.clip: (clip_sequence(c, eye_probs.get(c.clip)), c.labels) for c in clips}
@@ -213,18 +243,11 @@ def run_training(
     subject_of = {c.clip: c.subject for c in clips}
 
     def labelled(names: list[str]) -> tuple[Any, Any, Any, list[Any]]:
-        """(closed-now labels, openness, subject) of the labelled frames of these clips, and
-        each clip's mask of them."""
-        keep = [seqs[n][1] >= 0 for n in names]
-        y = np.concatenate([seqs[n][1][k].astype(np.int64) for n, k in zip(names, keep, strict=True)])
-        o = np.concatenate([seqs[n][0][k, 0] for n, k in zip(names, keep, strict=True)])
-        s = np.concatenate([np.full(int(k.sum()), subject_of[n]) for n, k in zip(names, keep, strict=True)])
-        return y, o, s, keep
+        return labelled_frames(seqs, subject_of, names)
 
     def tuned_cut(train_names: list[str]) -> float | None:
-        """EAR's cut chosen on the training people's frames (none without a closed frame)."""
-        y, o, s, _ = labelled(train_names)
-        return ear_cut(y, o, s, 0.2)["cut"] if y.any() else None
+        cut = frame_ear_cut(seqs, subject_of, train_names)
+        return cut["cut"] if cut else None
 
     def score(model: TemporalNet, names: list[str], cut: float | None) -> dict[str, Any]:
         """The GRU, EAR at the detector's cut, and EAR at ``cut`` (chosen on the training people)."""
