@@ -137,13 +137,19 @@ def create_app(
                 conn.execute(text("SELECT 1"))
         except Exception:  # noqa: BLE001 - reported, not raised
             db_ok = False
+        problems = [] if db_ok else ["database unreachable"]
+        if ingest is not None:  # an API-only process has no ingest to judge
+            problems += ingest.problems()
         out = {
-            "status": "ok" if db_ok else "degraded",
+            "status": "ok" if not problems else "degraded",
+            "problems": problems,
             "database": "ok" if db_ok else "unreachable",
             "mqtt_connected": bool(ingest and ingest.connected.is_set()),
+            "writer_alive": bool(ingest and ingest.failed is None),
+            "queue_depth": ingest.queue_depth if ingest else 0,
             "version": __version__,
         }
-        if not db_ok:
+        if problems:
             response.status_code = 503
         return out
 

@@ -7,16 +7,23 @@ not bindable, 78 config.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from edge_agent.cli import add_config_args, add_install_args, cmd_install_service, die
 from edge_agent.config import EX_CONFIG, ConfigError, parse_overrides
 from edge_agent.logs import configure_logging
+from edge_agent.redact import redacted
 
 from .config import DEFAULT_SINK_CONFIG_PATH, load_sink_config
+
+if TYPE_CHECKING:
+    from .config import SinkConfig
+    from .store import Store
 
 EX_UNAVAILABLE = 69
 log = structlog.get_logger(__name__)
@@ -24,6 +31,22 @@ log = structlog.get_logger(__name__)
 
 def _die(code: int, message: str) -> int:
     return die("sleepsafe-sink", code, message)
+
+
+def printable_config(cfg: SinkConfig) -> dict[str, Any]:
+    """The config as check-config prints it: tokens and the MQTT password are SecretStr already;
+    the database password inside ``store.url`` is masked the way the store logs its URL, and
+    any other URL password too (the output is pasted into tickets)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    out: dict[str, Any] = cfg.model_dump(mode="json")
+    # A URL SQLAlchemy cannot parse keeps its text: the generic mask below still applies.
+    with contextlib.suppress(ArgumentError):
+        if cfg.store.url:
+            out["store"]["url"] = make_url(cfg.store.url).render_as_string(hide_password=True)
+    masked: dict[str, Any] = redacted(out)
+    return masked
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", help="validate the configuration and print it (secrets hidden)")
     st = sub.add_parser("stats", help="print the stored totals as JSON")
     st.add_argument("--dead-letters", type=int, default=0, metavar="N", help="also the newest N dead letters")
+    pr = sub.add_parser("prune", help="delete rows older than store.retain_days now and exit")
+    pr.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    pr.add_argument("--json", action="store_true", help="print the counts as JSON")
     add_install_args(
         sub.add_parser("install-service", help="install (or remove) the systemd service"), "sink"
     )
@@ -52,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_sink_config(args.config, parse_overrides(args.overrides))
         configure_logging(cfg.logging.level, cfg.logging.format)
         if args.command == "check-config":
-            print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+            print(json.dumps(printable_config(cfg), indent=2))
             print("config OK", file=sys.stderr)
             return 0
         if cfg.api.enabled and args.command == "run" and not cfg.api_tokens():
@@ -70,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 out["dead_letters"] = store.dead_letters(args.dead_letters)
             print(json.dumps(out, indent=2))
             return 0
+        if args.command == "prune":
+            return _cmd_prune(cfg, store, dry_run=args.dry_run, as_json=args.json)
         from .service import serve
 
         return serve(cfg, store)
@@ -79,6 +107,24 @@ def main(argv: list[str] | None = None) -> int:
         return _die(EX_UNAVAILABLE, str(err))
     except KeyboardInterrupt:
         return 130
+
+
+def _cmd_prune(cfg: SinkConfig, store: Store, *, dry_run: bool, as_json: bool) -> int:
+    """What `run` does every store.prune_interval_s, once, for a cron job or before a migration;
+    ``--dry-run`` shows what the configured retention would delete before anything is."""
+    from .store import PRUNE_BY
+
+    retain = cfg.store.retain_days.model_dump()
+    rows = store.prune(dry_run=dry_run, retain=retain, batch=cfg.store.prune_batch)
+    if as_json:
+        print(json.dumps({"dry_run": dry_run, "rows": rows, "retain_days": retain}, indent=2))
+        return 0
+    verb = "would delete" if dry_run else "deleted"
+    for name, n in rows.items():
+        days = retain.get(name)
+        why = f"{PRUNE_BY[name][1]} older than {days:g} days" if days else "kept forever"
+        print(f"{name}: {verb} {n} ({why})")
+    return 0
 
 
 if __name__ == "__main__":

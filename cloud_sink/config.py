@@ -66,6 +66,34 @@ class SinkMqttConfig(BrokerConfig):
     )
 
 
+class RetentionConfig(_Section):
+    """How long each table keeps its rows, in days, counted from when the sink stored them (the
+    vehicles' clocks may be wrong; the sink's is the one clock every row shares).  0 (or None,
+    from code): kept forever."""
+
+    events: float | None = Field(
+        365.0,
+        ge=0,
+        description="Days events are kept, by stored_at (0: forever).",
+    )
+    telemetry: float | None = Field(
+        90.0,
+        ge=0,
+        description="Days telemetry is kept, by stored_at (0: forever).",
+    )
+    status_log: float | None = Field(
+        90.0,
+        ge=0,
+        description="Days the status history is kept, by stored_at (0: forever); "
+        "each vehicle's current status in devices is never pruned.",
+    )
+    dead_letters: float | None = Field(
+        30.0,
+        ge=0,
+        description="Days a dead letter is kept after it was last seen (0: forever).",
+    )
+
+
 class StoreConfig(_Section):
     url: str | None = Field(
         None,
@@ -78,6 +106,35 @@ class StoreConfig(_Section):
     )
     max_payload_bytes: int = Field(
         256 * 1024, ge=1024, description="Larger payloads are dead-lettered without being parsed."
+    )
+    accept_past_days: float = Field(
+        400.0,
+        gt=0,
+        description="Messages dated further behind the sink's clock are dead letters (reason "
+        "'clock'): a vehicle with a bad clock. Generous, as a spool may hold months of a vehicle "
+        "that was out of reach.",
+    )
+    accept_future_s: float = Field(
+        86400.0,
+        gt=0,
+        description="Messages dated further ahead of the sink's clock are dead letters (reason 'clock').",
+    )
+    stall_s: float = Field(
+        30.0,
+        gt=0,
+        description="/health says 503 when received messages have waited this long without a "
+        "commit (a stuck writer or database).",
+    )
+    retain_days: RetentionConfig = Field(default_factory=RetentionConfig)  # type: ignore[arg-type]
+    prune_batch: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Most rows one prune transaction deletes (small: ingest waits for none longer "
+        "than one batch).",
+    )
+    prune_interval_s: float = Field(
+        3600.0, gt=0, description="How often `run` deletes rows older than store.retain_days."
     )
 
 

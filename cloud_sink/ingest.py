@@ -17,18 +17,27 @@ import collections
 import json
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from edge_agent.protocol import TOPIC_ROOT, Event, Receipt, Telemetry, receipt_key, topic
+from edge_agent.protocol import (
+    TOPIC_ROOT,
+    Event,
+    EventV2,
+    Receipt,
+    Telemetry,
+    TelemetryV2,
+    receipt_key,
+    topic,
+)
 from edge_agent.telemetry import jitter_backoff, new_client
 
 from .config import SinkConfig
-from .store import Store, one_line
-from .validate import Rejected, Valid, parse_topic, validate
+from .store import Store, WriteResult, one_line
+from .validate import ClockWindow, Rejected, Valid, parse_topic, validate
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +53,7 @@ def receipt_keys(items: list[Valid | Rejected]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for it in items:
         if isinstance(it, Valid):
-            if isinstance(it.msg, (Event, Telemetry)):
+            if isinstance(it.msg, (Event, EventV2, Telemetry, TelemetryV2)):
                 out.setdefault(it.device_id, []).append(receipt_key(it.msg))
             continue
         where = parse_topic(it.topic)
@@ -52,7 +61,7 @@ def receipt_keys(items: list[Valid | Rejected]) -> dict[str, list[str]]:
             continue
         try:
             obj = json.loads(it.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # a dead letter's bytes may be anything
             continue
         if not isinstance(obj, dict):
             continue
@@ -110,7 +119,8 @@ class Ingest:
         self.subscribed = threading.Event()
         self.committed = 0  # messages committed (valid or dead-lettered), for tests and stats
         self.totals: dict[str, int] = collections.Counter()
-        self._q: collections.deque[tuple[str, bytes, int, int, int]] = collections.deque()
+        # (topic, payload, mid, qos, connection generation, monotonic arrival time)
+        self._q: collections.deque[tuple[str, bytes, int, int, int, float]] = collections.deque()
         self._cv = threading.Condition()
         self._stop = threading.Event()
         self._generation = 0  # read and written on paho's network thread only
@@ -123,12 +133,45 @@ class Ingest:
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         self.client = c
-        self._writer = threading.Thread(target=self._write_loop, name="sink-writer", daemon=True)
+        self._writer = threading.Thread(target=self._run_writer, name="sink-writer", daemon=True)
+        self.heartbeat = time.monotonic()  # the writer loop's last turn, idle or not
+        self._batch_since: float | None = None  # arrival of the oldest message being written
+        self._batch_n = 0
+        self.failed: str | None = None  # why the writer died, if it did
+        self.on_fatal: Any = None  # called (from the writer thread) if the writer dies
+        self.clock = ClockWindow(
+            timedelta(days=cfg.store.accept_past_days), timedelta(seconds=cfg.store.accept_future_s)
+        )
 
     @property
     def queue_depth(self) -> int:
         """Received, not yet committed."""
         return len(self._q)
+
+    def problems(self, now: float | None = None) -> list[str]:
+        """Why ingest is not working right now (empty: it is). Read by /health and by the
+        systemd watchdog, so neither says ok while messages have stopped being stored."""
+        now = time.monotonic() if now is None else now
+        out = []
+        stall = self.cfg.store.stall_s
+        if self.failed is not None:
+            out.append(f"writer stopped: {self.failed}")
+        elif not self._writer.is_alive() and self._writer.ident is not None:
+            out.append("writer stopped")
+        elif now - self.heartbeat > stall:
+            out.append(f"writer stuck for {now - self.heartbeat:.0f} s")
+        # The oldest message not yet committed: in the batch being written, else in the queue.
+        since, waiting = self._batch_since, self._batch_n + len(self._q)
+        if since is None:
+            try:
+                since = self._q[0][5]
+            except IndexError:  # nothing waits
+                since = None
+        if since is not None and now - since > stall:
+            out.append(f"{waiting} messages waiting {now - since:.0f} s for a commit")
+        if not self.connected.is_set():
+            out.append("MQTT disconnected")
+        return out
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Ingest:
@@ -202,12 +245,24 @@ class Ingest:
         # The network thread's share of the work is one append; the writer is woken only when it
         # sleeps on an empty queue (append before the check: the writer sets _idle before it
         # looks at the queue, so no message is left unnoticed).
-        self._q.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation))
+        self._q.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation, time.monotonic()))
         if self._idle:
             with self._cv:
                 self._cv.notify()
 
     # ------------------------------------------------------------------ writer
+    def _run_writer(self) -> None:
+        """The writer, and what happens if it ever dies anyway: the reason is kept for /health
+        and the service is told, so the process exits non-zero and systemd restarts it, rather
+        than staying up connected while nothing is stored."""
+        try:
+            self._write_loop()
+        except BaseException as err:  # noqa: BLE001 - whatever it was, the process must not live on
+            self.failed = f"{type(err).__name__}: {str(err)[:300]}"
+            log.critical("sink_writer_died", error=self.failed, queued=len(self._q))
+            if self.on_fatal is not None:
+                self.on_fatal(self.failed)
+
     def _write_loop(self) -> None:
         max_bytes = self.cfg.store.max_payload_bytes
         batch_max = self.cfg.store.batch_max
@@ -215,10 +270,14 @@ class Ingest:
         while True:
             with self._cv:
                 self._idle = True
-                self._cv.wait_for(lambda: bool(self._q) or self._stop.is_set())
+                # Wakes at least every second, idle or not: the heartbeat the watchdog reads.
+                self._cv.wait_for(lambda: bool(self._q) or self._stop.is_set(), timeout=1.0)
                 self._idle = False
-            if not self._q and self._stop.is_set():
-                return
+            self.heartbeat = time.monotonic()
+            if not self._q:
+                if self._stop.is_set():
+                    return
+                continue
             if linger and len(self._q) < batch_max and not self._stop.is_set():
                 # Group commit: a few ms of waiting turns many tiny transactions (each with its
                 # own commit and device update) into one, which is what lets ingest keep up
@@ -226,18 +285,20 @@ class Ingest:
                 self._stop.wait(linger)
             n = min(len(self._q), batch_max)
             batch = [self._q.popleft() for _ in range(n)]
+            self._batch_since, self._batch_n = batch[0][5], n
             self.metrics.queue.set(len(self._q))
             t0 = time.perf_counter()
             items: list[Valid | Rejected] = []
             acks: list[tuple[int, int, int]] = []
-            for where, payload, mid, qos, gen in batch:
+            for where, payload, mid, qos, gen, _t in batch:
                 if qos:
                     acks.append((mid, qos, gen))
                 if where.startswith(FLEET_PREFIX) or where.endswith(RECEIPT_SUFFIX):
                     continue  # ours (model releases, receipts), not the fleet's
-                items.append(validate(where, payload, max_bytes))
+                items.append(validate(where, payload, max_bytes, self.clock))
             if not self._commit(items):
                 return  # stopping with the database down: unacknowledged, so redelivered later
+            self._batch_since, self._batch_n = None, 0
             if self.cfg.mqtt.receipts:
                 self._send_receipts(items)
             current = self._generation
@@ -254,11 +315,37 @@ class Ingest:
             msg = Receipt(device_id=device, time=datetime.now(timezone.utc), keys=keys)
             self.client.publish(topic(device, "receipt"), msg.model_dump_json(), qos=1)
 
+    def _write_isolating(self, items: list[Valid | Rejected]) -> WriteResult:
+        """Write the batch; if the database refuses it while it is reachable, the fault is in
+        a row, not the database: write the rows one at a time and keep each refused one as a
+        dead letter with the database's reason, so one bad row never blocks the batch (nor,
+        redelivered, every batch after it)."""
+        try:
+            return self.store.write(items)
+        except Exception as err:  # classified below
+            if not self.store.reachable():
+                raise
+            log.warning("sink_batch_refused", error=one_line(err), messages=len(items))
+        total = WriteResult()
+        for i, it in enumerate(items):
+            try:
+                res = self.store.write([it])
+            except Exception as err:  # this row's fault: a dead letter
+                if not self.store.reachable() or not isinstance(it, Valid):
+                    raise
+                items[i] = Rejected(it.topic, it.raw, f"store refused: {one_line(err)}", "store")
+                res = self.store.write([items[i]])
+            for k, n in res.stored.items():
+                total.stored[k] += n
+            total.duplicates += res.duplicates
+            total.dead_letters += res.dead_letters
+        return total
+
     def _commit(self, items: list[Valid | Rejected]) -> bool:
         delay = 0.5
         while True:
             try:
-                res = self.store.write(items)
+                res = self._write_isolating(items)
                 break
             except Exception as err:  # noqa: BLE001 - the database may be down: retry, never drop
                 self.metrics.db_errors.inc()
@@ -266,7 +353,8 @@ class Ingest:
                 if self._stop.wait(delay):
                     log.error("sink_stopping_with_uncommitted", messages=len(items))
                     return False
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 10.0)  # < stall_s: the watchdog sees the retries
+            self.heartbeat = time.monotonic()  # retrying is working: the database is down
         rejected = [it for it in items if isinstance(it, Rejected)]
         for code, n in collections.Counter(it.code for it in rejected).items():
             self.metrics.dead.labels(code).inc(n)

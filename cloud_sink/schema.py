@@ -51,12 +51,14 @@ events = Table(
     Column("is_drowsy", Boolean, nullable=False),
     Column("perclos", Float),
     Column("model_versions", JSON, nullable=False),
-    Column("features", JSON, nullable=False),
+    Column("features", JSON, nullable=False),  # the window as columns (protocol v2's shape)
+    Column("protocol", Integer),  # the schema version the vehicle sent
     Column("stored_at", DateTime, nullable=False),
     UniqueConstraint("event_id", "phase", name="uq_events_event_id_phase"),
     Index("ix_events_device_start", "device_id", "start_time"),
     Index("ix_events_type_start", "type", "start_time"),
     Index("ix_events_start", "start_time"),
+    Index("ix_events_stored_at", "stored_at"),  # retention (Store.prune)
 )
 
 telemetry = Table(
@@ -74,9 +76,13 @@ telemetry = Table(
     Column("calibrated", Boolean, nullable=False),
     Column("is_drowsy", Boolean, nullable=False),
     Column("face", Boolean, nullable=False),
+    Column("blink_durations_ms", JSON),  # v2: the blinks since the last telemetry
+    Column("long_blinks", Integer),  # v2
+    Column("protocol", Integer),
     Column("stored_at", DateTime, nullable=False),
     Index("ix_telemetry_device_time", "device_id", "time"),
     Index("ix_telemetry_time", "time"),
+    Index("ix_telemetry_stored_at", "stored_at"),  # retention (Store.prune)
 )
 
 devices = Table(
@@ -108,6 +114,7 @@ status_log = Table(
     Column("time", DateTime, nullable=False),
     Column("stored_at", DateTime, nullable=False),
     UniqueConstraint("device_id", "seq", "state", name="uq_status_log_device_seq_state"),
+    Index("ix_status_log_stored_at", "stored_at"),  # retention (Store.prune)
 )
 
 dead_letters = Table(

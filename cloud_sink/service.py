@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from edge_agent.sdnotify import Notifier
 
 from .config import SinkConfig
 from .ingest import Ingest
-from .store import Store
+from .store import Store, one_line
 
 log = structlog.get_logger(__name__)
 
@@ -55,9 +56,24 @@ def serve(cfg: SinkConfig, store: Store, *, on_ready: Any = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _on_signal)
 
+    fatal: list[str] = []
+
+    def _on_fatal(reason: str) -> None:
+        # The writer died: stop everything and exit non-zero, so systemd restarts the sink.
+        fatal.append(reason)
+        stop.set()
+        if server is not None:
+            server.should_exit = True
+
+    ingest.on_fatal = _on_fatal
     ingest.start()
+    if notify.watchdog_s:
+        threading.Thread(
+            target=_watchdog_loop, args=(ingest, notify, stop), name="sink-watchdog", daemon=True
+        ).start()
     ticker = threading.Thread(target=_stats_loop, args=(cfg, ingest, stop), name="sink-stats", daemon=True)
     ticker.start()
+    pruner = start_pruner(cfg, store, stop)
     try:
         if server is not None:
             import asyncio
@@ -84,10 +100,26 @@ def serve(cfg: SinkConfig, store: Store, *, on_ready: Any = None) -> int:
             stop.wait()
     finally:
         notify.stopping()
+        stop.set()  # also when the API ended on its own: the background threads end too
+        if pruner is not None:
+            pruner.join(timeout=30)  # at most the batch it is in: prune checks stop between batches
         ingest.stop()
         store.close()
         log.info("sink_stopped", committed=ingest.committed, totals=dict(ingest.totals))
+    if fatal:
+        log.critical("sink_exiting", reason=fatal[0], exit_code=70)
+        return 70  # EX_SOFTWARE
     return 0
+
+
+def _watchdog_loop(ingest: Ingest, notify: Notifier, stop: threading.Event) -> None:
+    """WATCHDOG=1 only while the writer loop turns (it wakes every second, idle or not): a dead
+    or stuck writer stops the pings and systemd restarts the sink. A database that is down does
+    not: the writer is then retrying, which a restart would not help."""
+    interval = (notify.watchdog_s or 2.0) / 2
+    while not stop.wait(interval):
+        if ingest.failed is None and time.monotonic() - ingest.heartbeat < ingest.cfg.store.stall_s:
+            notify.watchdog()
 
 
 def _stats_loop(cfg: SinkConfig, ingest: Ingest, stop: threading.Event) -> None:
@@ -99,3 +131,41 @@ def _stats_loop(cfg: SinkConfig, ingest: Ingest, stop: threading.Event) -> None:
             queue=ingest.queue_depth,
             totals=dict(ingest.totals),
         )
+
+
+def start_pruner(cfg: SinkConfig, store: Store, stop: threading.Event) -> threading.Thread | None:
+    """The retention thread (daemon): prunes at start and then every store.prune_interval_s
+    until ``stop``.  None when every table is kept forever, so there is nothing to run."""
+    if not any(cfg.store.retain_days.model_dump().values()):
+        log.info("sink_pruner_off", reason="store.retain_days keeps every table forever")
+        return None
+
+    def _loop() -> None:
+        # At start too: a sink restarted more often than the interval would otherwise never prune.
+        while not stop.is_set():
+            prune_once(cfg, store, stop)
+            if stop.wait(cfg.store.prune_interval_s):
+                break
+
+    t = threading.Thread(target=_loop, name="sink-pruner", daemon=True)
+    t.start()
+    return t
+
+
+def prune_once(cfg: SinkConfig, store: Store, stop: threading.Event | None = None) -> dict[str, int] | None:
+    """One retention run, logged as one line.  A failure (database down, locked too long) is
+    logged as one line and returns None: retention is housekeeping and must never stop the
+    sink from storing what arrives; the next run catches up."""
+    started = time.monotonic()
+    try:
+        deleted = store.prune(retain=cfg.store.retain_days, batch=cfg.store.prune_batch, stop=stop)
+    except Exception as err:  # noqa: BLE001 - housekeeping must never stop the sink
+        log.error("sink_prune_failed", error=one_line(err))
+        return None
+    log.info(
+        "sink_pruned",
+        deleted=deleted,
+        total=sum(deleted.values()),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return deleted

@@ -11,7 +11,8 @@ so a stale Last Will arriving late never marks a live vehicle offline.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,9 +23,10 @@ import structlog
 from sqlalchemy import JSON, Engine, Integer, and_, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import Connection
 
-from edge_agent.protocol import Event, Stats, Status, Telemetry
+from edge_agent.protocol import Event, EventV2, FeatureWindow, Stats, Status, Telemetry, TelemetryV2
 
 from . import schema
+from .config import RetentionConfig
 from .validate import Rejected, Valid
 
 log = structlog.get_logger(__name__)
@@ -121,6 +123,16 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def reachable(self) -> bool:
+        """Whether the database answers at all: tells a database that is down (retry the
+        batch) from one that refuses a row (isolate it)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception:  # noqa: BLE001 - any failure means: not reachable now
+            return False
+        return True
+
     # ------------------------------------------------------------------ writes
     def write(self, items: Sequence[Valid | Rejected], now: datetime | None = None) -> WriteResult:
         """Store one batch in one transaction.  Raises on a database failure (the caller then
@@ -144,8 +156,8 @@ class Store:
                     continue
                 dead[digest] = {
                     "digest": digest,
-                    "topic": it.topic[:1024],
-                    "reason": it.reason[:2000],
+                    "topic": _text(it.topic, 1024),
+                    "reason": _text(it.reason, 2000),
                     "payload": it.payload[: 256 * 1024],
                     "size": len(it.payload),
                     "first_seen": now,
@@ -155,9 +167,9 @@ class Store:
                 continue
             seen[it.device_id] = now
             m = it.msg
-            if isinstance(m, Event):
+            if isinstance(m, (Event, EventV2)):
                 ev.append(_event_params(m, stamp, ts))
-            elif isinstance(m, Telemetry):
+            elif isinstance(m, (Telemetry, TelemetryV2)):
                 tele.append(_telemetry_params(m, stamp, ts))
             elif isinstance(m, Status):
                 statuses.append(m)
@@ -470,8 +482,81 @@ class Store:
             ],
         }
 
+    # ------------------------------------------------------------------ retention
+    def prune(
+        self,
+        now: datetime | None = None,
+        dry_run: bool = False,
+        retain: RetentionConfig | Mapping[str, float | None] | None = None,
+        *,
+        batch: int = 1000,
+        stop: threading.Event | None = None,
+    ) -> dict[str, int]:
+        """Delete the rows older than each table's retention (``retain``: days per table, 0 or
+        None keeping it forever; unset: the configured defaults) and return how many went per
+        table (``dry_run``: how many would, deleting nothing).
+
+        Age is measured by the sink's own clock (``PRUNE_BY``): a vehicle whose clock is years
+        off must neither lose its fresh events nor keep them forever.  Rows go in batches of
+        ``batch``, each its own short transaction, so an ingest writing on another connection
+        never waits longer than one batch (SQLite has one writer; PostgreSQL row locks).
+        ``stop`` set ends the run between batches (the sink is shutting down)."""
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        days = _retention_days(retain)
+        now = utc(now) or now_utc()
+        out: dict[str, int] = {}
+        for name, (table, column) in PRUNE_BY.items():
+            out[name] = 0
+            keep = days.get(name)
+            if not keep:
+                continue  # kept forever
+            try:
+                cutoff = now - timedelta(days=keep)
+            except OverflowError:  # older than datetime.min: nothing is that old
+                continue
+            old = table.c[column] < cutoff
+            if dry_run:
+                with self.engine.connect() as conn:
+                    q = select(func.count()).select_from(table).where(old)
+                    out[name] = int(conn.execute(q).scalar_one())
+                continue
+            ids = select(table.c.id).where(old).order_by(table.c.id).limit(batch)
+            while stop is None or not stop.is_set():
+                with self.engine.begin() as conn:
+                    n = int(conn.execute(table.delete().where(table.c.id.in_(ids))).rowcount or 0)
+                out[name] += n
+                if n < batch:
+                    break
+        return out
+
 
 _SQL_CACHE: dict[tuple[str, str], str] = {}
+
+
+# Retention: the table (by the name prune reports) and the column its rows' age is measured by,
+# always a time the sink wrote itself (indexed for this: migration 0002; dead_letters since 0001).
+PRUNE_BY: dict[str, tuple[Any, str]] = {
+    "events": (schema.events, "stored_at"),
+    "telemetry": (schema.telemetry, "stored_at"),
+    "status_log": (schema.status_log, "stored_at"),
+    "dead_letters": (schema.dead_letters, "last_seen"),
+}
+
+
+def _retention_days(retain: RetentionConfig | Mapping[str, float | None] | None) -> dict[str, float | None]:
+    """Days per table from the config model or a plain dict; an unknown table name is an error
+    (a typo must not silently keep everything forever)."""
+    if retain is None:
+        retain = RetentionConfig()
+    days = retain.model_dump() if isinstance(retain, RetentionConfig) else dict(retain)
+    unknown = sorted(set(days) - set(PRUNE_BY))
+    if unknown:
+        raise ValueError(f"retention for unknown tables {unknown} (known: {', '.join(PRUNE_BY)})")
+    for name, d in days.items():
+        if d is not None and d < 0:
+            raise ValueError(f"retention for {name} must be >= 0 days, not {d}")
+    return days
 
 
 def _bulk_insert(
@@ -497,6 +582,12 @@ def _bulk_insert(
     return int(cur.rowcount)
 
 
+def _text(s: str, limit: int) -> str:
+    """Text from the wire as a column can hold it: PostgreSQL refuses NUL in text, and a reason
+    may quote what a vehicle sent."""
+    return s[:limit].replace("\x00", "\\0")
+
+
 def _to_json(obj: Any) -> str:
     # pydantic-core serializes models and plain values alike, ~5x faster than json.dumps of
     # model_dump() for an event's feature window.
@@ -518,11 +609,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 EVENT_COLUMNS = (
     "event_id", "phase", "device_id", "type", "severity", "state", "start_time", "raised_time",
     "end_time", "duration_ms", "ear_value", "openness", "is_drowsy", "perclos", "model_versions",
-    "features", "stored_at",
+    "features", "protocol", "stored_at",
 )  # fmt: skip
 TELEMETRY_COLUMNS = (
     "msg_id", "device_id", "time", "state", "perclos", "blink_rate_per_min", "blinks",
-    "baseline_ear", "calibrated", "is_drowsy", "face", "stored_at",
+    "baseline_ear", "calibrated", "is_drowsy", "face", "blink_durations_ms", "long_blinks", "protocol",
+    "stored_at",
 )  # fmt: skip
 
 
@@ -535,18 +627,29 @@ def _ts_sqlite(dt: datetime | None) -> Any:
     return dt.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _event_params(m: Event, now: Any, ts: Any) -> tuple[Any, ...]:
+def _window(m: Event | EventV2) -> Any:
+    """The feature window as stored: columns (protocol v2's shape) whatever the vehicle sent,
+    so readers meet one shape; a v1 list of frames is turned into columns."""
+    if isinstance(m, EventV2):
+        return m.window
+    return FeatureWindow.from_samples(m.features) if m.features else None
+
+
+def _event_params(m: Event | EventV2, now: Any, ts: Any) -> tuple[Any, ...]:
     return (
         str(m.event_id), m.phase, m.device_id, m.type.value, m.severity.value, m.state.value,
         ts(m.start_time), ts(m.raised_time), ts(m.end_time), m.duration_ms, m.ear_value,
-        m.openness, m.is_drowsy, m.perclos, _to_json(m.model_versions), _to_json(m.features), now,
+        m.openness, m.is_drowsy, m.perclos, _to_json(m.model_versions), _to_json(_window(m)), m.v, now,
     )  # fmt: skip
 
 
-def _telemetry_params(m: Telemetry, now: Any, ts: Any) -> tuple[Any, ...]:
+def _telemetry_params(m: Telemetry | TelemetryV2, now: Any, ts: Any) -> tuple[Any, ...]:
+    durations, long_blinks = (
+        (_to_json(m.blink_durations_ms), m.long_blinks) if isinstance(m, TelemetryV2) else (None, None)
+    )
     return (
         str(m.msg_id), m.device_id, ts(m.time), m.state.value, m.perclos, m.blink_rate_per_min,
-        m.blinks, m.baseline_ear, m.calibrated, m.is_drowsy, m.face, now,
+        m.blinks, m.baseline_ear, m.calibrated, m.is_drowsy, m.face, durations, long_blinks, m.v, now,
     )  # fmt: skip
 
 

@@ -30,7 +30,8 @@ from .eventlog import EventLog
 from .landmarks import FrameError
 from .pipeline import FrameResult, Pipeline
 from .preview import PreviewSink, annotate
-from .protocol import Event, EventType, Stats, Telemetry, receipt_key, topic
+from .protocol import Event, EventType, Stats, Telemetry, TelemetryV2, receipt_key, topic, wire_event
+from .redact import mask_url_passwords
 from .sdnotify import Notifier
 from .spool import Spool
 from .telemetry import Publisher
@@ -96,6 +97,7 @@ class Agent:
         self.notifier = Notifier()
         self._first_frame = threading.Event()
         self._stopping_sent = False
+        self._long_blinks_sent = 0  # the detector's long-blink count at the last telemetry
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -116,9 +118,14 @@ class Agent:
                 self.alerts.submit(e)
             if self.events is not None:
                 self.events.append(e)
-            if self.publisher is not None:
+            if self.publisher is not None and (
+                e.type is not EventType.BLINK or self.cfg.mqtt.blink_events or self.cfg.mqtt.protocol == 1
+            ):
                 self.publisher.submit(
-                    "event", topic(self.cfg.device_id, "event"), e.model_dump_json().encode(), receipt_key(e)
+                    "event",
+                    topic(self.cfg.device_id, "event"),
+                    wire_event(e, self.cfg.mqtt.protocol),
+                    receipt_key(e),
                 )
             if self.on_event is not None:
                 self.on_event(e)
@@ -205,6 +212,7 @@ class Agent:
             log.info("stats", **stats)
             if self.publisher is not None:
                 msg = Stats(
+                    v=self.cfg.mqtt.protocol,
                     device_id=self.cfg.device_id,
                     time=datetime.now(timezone.utc),
                     fps=stats["fps"],
@@ -231,17 +239,27 @@ class Agent:
             await asyncio.sleep(self.cfg.mqtt.telemetry_interval_s)
             d = self.pipeline.detector
             snap = d.snapshot()
-            msg = Telemetry(
-                device_id=self.cfg.device_id,
-                time=datetime.now(timezone.utc),
-                state=d.state,
-                perclos=d.perclos,
-                blink_rate_per_min=float(snap["blink_rate_per_min"]),
-                blinks=d.blink_count,
-                baseline_ear=d.cal.baseline,
-                calibrated=d.cal.done,
-                is_drowsy=d.is_drowsy,
-                face=d.last_ear > 0,
+            fields = {
+                "device_id": self.cfg.device_id,
+                "time": datetime.now(timezone.utc),
+                "state": d.state,
+                "perclos": d.perclos,
+                "blink_rate_per_min": float(snap["blink_rate_per_min"]),
+                "blinks": d.blink_count,
+                "baseline_ear": d.cal.baseline,
+                "calibrated": d.cal.done,
+                "is_drowsy": d.is_drowsy,
+                "face": d.last_ear > 0,
+            }
+            durations = d.take_blinks()
+            long_blinks, self._long_blinks_sent = (
+                d.long_blink_count - self._long_blinks_sent,
+                d.long_blink_count,
+            )
+            msg: Telemetry | TelemetryV2 = (
+                Telemetry(**fields)
+                if self.cfg.mqtt.protocol == 1
+                else TelemetryV2(**fields, blink_durations_ms=durations, long_blinks=long_blinks)
             )
             self.publisher.submit(
                 "telemetry",
@@ -282,7 +300,7 @@ class Agent:
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGUSR1, self.request_recalibration)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self.events = EventLog(cfg.state_dir / "events.jsonl")
+        self.events = EventLog(cfg.state_dir / "events.jsonl", cfg.journal)
         self.alerts = AlertDispatcher(build_outputs(cfg.alerts, cfg.state_dir), cfg.alerts.queue_size)
         self.pipeline = Pipeline(cfg, full_landmarks=False)
         warm = self.pipeline.warm_up()
@@ -297,7 +315,7 @@ class Agent:
         log.info(
             "started",
             device_id=cfg.device_id,
-            source=cfg.source.uri,
+            source=mask_url_passwords(cfg.source.uri),
             kind=self.capture.spec.kind,
             landmarks=self.pipeline.backend.version,
             outputs=self.alerts.names,

@@ -22,6 +22,7 @@ import numpy.typing as npt
 import structlog
 
 from .config import SourceConfig
+from .redact import mask_url_passwords
 
 log = structlog.get_logger(__name__)
 Frame = npt.NDArray[np.uint8]
@@ -78,7 +79,8 @@ def open_capture(spec: SourceSpec, cfg: SourceConfig | None = None) -> cv2.Video
         hint = ""
         if spec.kind == "gstreamer":
             hint = " (is this OpenCV built with GStreamer? see docs/jetson.md)"
-        raise SourceError(f"{spec.kind} source {spec.target!r}: cannot open{hint}")
+        shown = mask_url_passwords(spec.target) if isinstance(spec.target, str) else spec.target
+        raise SourceError(f"{spec.kind} source {shown!r}: cannot open{hint}")
     if cfg is not None and spec.kind in ("camera", "device"):
         if cfg.width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
@@ -182,7 +184,7 @@ class CaptureThread:
 
     def _set_lost(self, reason: str) -> None:
         if not self.lost:
-            log.warning("camera_lost", source=self.cfg.uri, reason=reason)
+            log.warning("camera_lost", source=mask_url_passwords(self.cfg.uri), reason=reason)
         self.lost = True
         self.lost_reason = reason
         with self._cond:
@@ -200,7 +202,9 @@ class CaptureThread:
                 continue
             if self.lost:
                 self.reconnects += 1
-                log.info("camera_recovered", source=self.cfg.uri, reconnects=self.reconnects)
+                log.info(
+                    "camera_recovered", source=mask_url_passwords(self.cfg.uri), reconnects=self.reconnects
+                )
             self.lost = False
             delay = self.cfg.reconnect_initial_s
             outcome = self._pump(cap)
@@ -212,7 +216,7 @@ class CaptureThread:
                     self.ended = True
                     with self._cond:
                         self._cond.notify_all()
-                    log.info("source_ended", source=self.cfg.uri, frames=self.captured)
+                    log.info("source_ended", source=mask_url_passwords(self.cfg.uri), frames=self.captured)
                     return
                 if self.cfg.on_eof == "loop":
                     continue

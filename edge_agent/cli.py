@@ -19,6 +19,7 @@ from . import __version__
 from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, ConfigError, EdgeConfig, load_config, parse_overrides
 from .logs import configure_logging
 from .protocol import Event
+from .redact import redacted
 
 EX_DATAERR = 65
 EX_NOINPUT = 66
@@ -263,8 +264,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Print the effective config, secrets masked: its output is pasted into tickets."""
     cfg = _load(args)
-    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    print(json.dumps(redacted(cfg.model_dump(mode="json")), indent=2))
     print("config OK", file=sys.stderr)
     return 0
 

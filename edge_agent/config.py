@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -240,7 +240,9 @@ class BrokerConfig(_Section):
     port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 for TLS, by convention).")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive.")
     username: str | None = Field(None, description="Username (unset: anonymous).")
-    password: str | None = Field(None, description="Password; prefer `password_credential`.")
+    password: SecretStr | None = Field(
+        None, description="Password (printed masked); prefer `password_credential`."
+    )
     password_credential: str = Field(
         "mqtt-password",
         description="Name of the password file in $CREDENTIALS_DIRECTORY (systemd LoadCredential=); "
@@ -261,6 +263,16 @@ class MqttConfig(BrokerConfig):
     spool_max_rows: int = Field(100_000, ge=10, description="Spool bound, in messages.")
     spool_max_mb: float = Field(256.0, gt=0, description="Spool bound, in MB of payload.")
     telemetry_interval_s: float = Field(10.0, gt=0, description="How often a telemetry summary is queued.")
+    protocol: Literal[1, 2] = Field(
+        2,
+        description="Schema version sent (docs/mqtt.md): 2, the compact one (the window as columns, "
+        "blinks in telemetry); 1 for a sink that reads only v1.",
+    )
+    blink_events: bool = Field(
+        False,
+        description="Also send one event per blink (always so on protocol 1); off, blinks ride in "
+        "telemetry. On for a vehicle collecting training data. The journal keeps every blink either way.",
+    )
     await_receipt: bool = Field(
         False,
         description="Keep each event/telemetry row until the sink's receipt (end-to-end delivery, "
@@ -315,6 +327,31 @@ class AlertsConfig(_Section):
     gpio: GpioConfig = Field(default_factory=GpioConfig)  # type: ignore[arg-type]
     queue_size: int = Field(
         64, ge=1, description="Per-output queue; a stuck output drops its oldest alerts, never the frame."
+    )
+
+
+class JournalConfig(_Section):
+    """Bounds of the event journal (``state_dir/events.jsonl``): an SD card in a car that runs for
+    years must not fill up, so the journal is rotated by size and old rotations are deleted."""
+
+    max_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Rotate events.jsonl before a record would take it past this many bytes (a single "
+        "larger record still goes whole into a fresh file): it becomes events.jsonl.1, older ones "
+        "shift up (.1 is the newest).",
+    )
+    max_age_days: float = Field(
+        30.0,
+        gt=0,
+        description="Rotated files not written for this many days are deleted (checked at start, at "
+        "each rotation and hourly).",
+    )
+    keep: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Most rotated files kept (events.jsonl.1 .. .N); older ones are deleted.",
     )
 
 
@@ -382,6 +419,7 @@ class EdgeConfig(TomlSettings):
     models: ModelsConfig = Field(default_factory=ModelsConfig)  # type: ignore[arg-type]
     mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # type: ignore[arg-type]
+    journal: JournalConfig = Field(default_factory=JournalConfig)  # type: ignore[arg-type]
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
     stats_interval_s: float = Field(10.0, gt=0, description="How often runtime stats are logged.")
 

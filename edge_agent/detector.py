@@ -25,12 +25,17 @@ from .config import DetectorConfig, ModelsConfig
 from .features import FrameFeatures
 from .protocol import (
     ALERT_STATE,
+    ANGLE_MAX,
+    EAR_MAX,
+    INT32_MAX,
+    RATIO_MAX,
     STATE_PRIORITY,
     DriverState,
     Event,
     EventType,
     FeatureSample,
     Severity,
+    clamp,
 )
 
 SEVERITY: dict[EventType, Severity] = {
@@ -135,6 +140,9 @@ class Detector:
         self._active: dict[EventType, _Active] = {}
         self._cooldown_until: dict[EventType, float] = {}
         self.blink_count = 0
+        self.long_blink_count = 0
+        # Blink durations (ms) not yet summarised in a telemetry message: see take_blinks().
+        self._blink_durations: list[int] = []
         self.last_openness = 1.0
         self.last_ear = 0.0
         self.state = DriverState.AWAKE
@@ -197,6 +205,7 @@ class Detector:
     def camera_lost(self, t: float, frame: int) -> list[Event]:
         """The source failed: raise CAMERA_LOST (once) and freeze everything else."""
         self._last_t = t if self._last_t is None else max(self._last_t, t)
+        self._last_frame = max(self._last_frame, frame)  # a camera that never gave a frame: 0
         if EventType.CAMERA_LOST in self._active:
             return []
         f = FrameFeatures(t=t, frame=frame, face=False)
@@ -248,15 +257,15 @@ class Detector:
                 t_ms=round(f.t * 1000),
                 frame=f.frame,
                 face=f.face,
-                ear=round(f.ear, 4),
-                ear_left=round(f.ear_left, 4),
-                ear_right=round(f.ear_right, 4),
-                openness=round(openness, 3),
-                mar=round(f.mar, 4),
-                yaw=round(f.yaw, 1),
-                pitch=round(f.pitch, 1),
-                roll=round(f.roll, 1),
-                iris_vis=round(f.iris_vis, 3),
+                ear=round(clamp(f.ear, 0.0, EAR_MAX), 4),
+                ear_left=round(clamp(f.ear_left, 0.0, EAR_MAX), 4),
+                ear_right=round(clamp(f.ear_right, 0.0, EAR_MAX), 4),
+                openness=round(clamp(openness, 0.0, RATIO_MAX), 3),
+                mar=round(clamp(f.mar, 0.0, RATIO_MAX), 4),
+                yaw=round(clamp(f.yaw, -ANGLE_MAX, ANGLE_MAX), 1),
+                pitch=round(clamp(f.pitch, -ANGLE_MAX, ANGLE_MAX), 1),
+                roll=round(clamp(f.roll, -ANGLE_MAX, ANGLE_MAX), 1),
+                iris_vis=round(clamp(f.iris_vis, 0.0, 1.0), 3),
             )
         )
         horizon = f.t - self.cfg.window_s
@@ -377,10 +386,19 @@ class Detector:
         if dur <= cfg.blink_max_s:
             self.blink_count += 1
             self._blinks.append(f.t)
+            if len(self._blink_durations) < 3600:  # bounded if nobody takes them
+                self._blink_durations.append(round(dur * 1000))
             return [self._instant(EventType.BLINK, f, start_t, start_frame)]
         if dur < cfg.microsleep_s:
             self._long_blinks.append(f.t)
+            self.long_blink_count += 1
         return []
+
+    def take_blinks(self) -> list[int]:
+        """The durations (ms) of the blinks since the last call: protocol v2 sends them in
+        telemetry instead of one event per blink."""
+        out, self._blink_durations = self._blink_durations, []
+        return out
 
     # ----------------------------------------------------------------- microsleep / sleep
     def _deep_step(self, f: FrameFeatures, openness: float, closed: bool) -> list[Event]:
@@ -534,10 +552,10 @@ class Detector:
         return Event(
             device_id=self.device_id,
             state=self.state,
-            ear_value=round(self.last_ear, 4),
-            openness=round(self.last_openness, 3),
+            ear_value=round(clamp(self.last_ear, 0.0, EAR_MAX), 4),
+            openness=round(clamp(self.last_openness, 0.0, RATIO_MAX), 3),
             is_drowsy=self.is_drowsy,
-            perclos=round(self.perclos, 4),
+            perclos=round(clamp(self.perclos, 0.0, 1.0), 4),
             model_versions=self.model_versions,
             features=list(self._window),
             **kw,  # type: ignore[arg-type]
@@ -596,7 +614,7 @@ class Detector:
                 start_frame=a.start_frame,
                 raised_frame=a.raised_frame,
                 end_frame=f.frame,
-                duration_ms=round((f.t - a.start_t) * 1000),
+                duration_ms=min(INT32_MAX, max(0, round((f.t - a.start_t) * 1000))),
             )
         ]
 
@@ -611,7 +629,7 @@ class Detector:
             end_ms=round(f.t * 1000),
             start_frame=start_frame,
             end_frame=f.frame,
-            duration_ms=round((f.t - start_t) * 1000),
+            duration_ms=min(INT32_MAX, max(0, round((f.t - start_t) * 1000))),
         )
 
 

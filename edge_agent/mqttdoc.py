@@ -10,7 +10,7 @@ import sys
 
 from pydantic import BaseModel
 
-from .protocol import MESSAGES, TOPIC_ROOT, Receipt
+from .protocol import MESSAGES, PROTOCOL_VERSION, PROTOCOL_VERSIONS, TOPIC_ROOT, Receipt
 
 _TOPICS = [
     (
@@ -38,11 +38,23 @@ _TOPICS = [
 
 
 def render() -> str:
+    versions = " and ".join(f"v{v}" for v in PROTOCOL_VERSIONS)
     out = [
-        "# MQTT protocol v1",
+        f"# MQTT protocol ({versions})",
         "",
         "Generated from `edge_agent/protocol.py` by `python -m edge_agent.mqttdoc` (a test fails when",
-        'this file and the models disagree). Every payload is JSON with `"v": 1`, the schema version.',
+        'this file and the models disagree). Every payload is JSON with `"v"`, its schema version.',
+        f"Vehicles send v{PROTOCOL_VERSION} by default (`mqtt.protocol`); the sink reads {versions} side by",
+        "side, so a fleet upgrades one vehicle at a time.",
+        "",
+        "What v2 changes: an event's feature window is one array per feature (`window`, with `t_ms`",
+        "and `frame` delta-coded and each value at the precision the agent keeps) instead of a list of",
+        "objects; blinks are summarised in telemetry (`blink_durations_ms`, `long_blinks` since the",
+        "last telemetry) instead of one event each (`mqtt.blink_events = true` sends them too, for",
+        "a vehicle collecting training data); status, stats and receipts are the same in both.",
+        "Values must be finite and in physical ranges, integers within 32-bit columns, text without",
+        "NUL and of bounded length, and times near the sink's clock: anything else is a dead letter",
+        "with the reason.",
         "",
         "| topic | QoS | retained | what |",
         "|---|---|---|---|",
@@ -64,8 +76,16 @@ def render() -> str:
         "subscriptions: docs/sink.md).",
         "",
     ]
-    models: dict[str, type[BaseModel]] = {**MESSAGES, "receipt": Receipt}
-    for name, model in models.items():
+    models: list[tuple[str, type[BaseModel]]] = []
+    for name, by_version in MESSAGES.items():
+        distinct = dict.fromkeys(by_version.values())
+        for v, model in by_version.items():
+            if model in distinct:
+                label = name if len(distinct) == 1 else f"{name} v{v}"
+                models.append((label, model))
+                del distinct[model]
+    models.append(("receipt", Receipt))
+    for name, model in models:
         out += [f"## `{name}`", "", "```json", json.dumps(model.model_json_schema(), indent=2), "```", ""]
     return "\n".join(out)
 

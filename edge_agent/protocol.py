@@ -9,14 +9,61 @@ delivered twice.
 
 from __future__ import annotations
 
+import itertools
+import math
 import uuid
 from datetime import datetime
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-PROTOCOL_VERSION = 1
+# The schema version vehicles send by default; the sink reads every one of PROTOCOL_VERSIONS, so a
+# fleet upgrades one vehicle at a time. v2: the feature window as columns, blinks summarised in
+# telemetry rather than one event each (docs/mqtt.md).
+PROTOCOL_VERSION: Literal[1, 2] = 2
+PROTOCOL_VERSIONS = (1, 2)
+
+# What a store can give back: finite floats in physical ranges, integers that fit the 32-bit
+# columns PostgreSQL gives SQLAlchemy's Integer, strings without NUL (PostgreSQL rejects it) and
+# of bounded length. A value outside is a broken vehicle (or a bit flip), and the sink keeps it as
+# a dead letter with the reason instead of storing what its reads cannot parse back.
+INT32_MAX = 2**31 - 1
+EAR_MAX = 5.0  # EAR of an open eye is ~0.3; degenerate landmarks can give more, never this
+RATIO_MAX = 100.0  # openness, MAR: ratios of lengths on one face
+ANGLE_MAX = 360.0
+WINDOW_MAX = 2000  # feature samples in one event: 2 s at up to 1000 fps
+MAP_MAX = 32  # entries in a small map (model versions, per-stage timings, evictions)
+
+
+def _no_nul(v: str) -> str:
+    if "\x00" in v:
+        raise ValueError("NUL character in text")
+    return v
+
+
+def _finite(lo: float, hi: float) -> object:
+    return Field(ge=lo, le=hi, allow_inf_nan=False)
+
+
+Text = Annotated[str, StringConstraints(max_length=128), AfterValidator(_no_nul)]
+ShortText = Annotated[str, StringConstraints(max_length=32), AfterValidator(_no_nul)]
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Millis = Annotated[int, Field(ge=0, le=2**53)]  # stream clock: exact in a double, years long
+Ear = Annotated[float, _finite(0.0, EAR_MAX)]
+Ratio = Annotated[float, _finite(0.0, RATIO_MAX)]
+Angle = Annotated[float, _finite(-ANGLE_MAX, ANGLE_MAX)]
+Unit = Annotated[float, _finite(0.0, 1.0)]
+Rate = Annotated[float, _finite(0.0, 1e6)]  # fps, blinks per minute, milliseconds of latency
+
+
+def clamp(x: float, lo: float, hi: float) -> float:
+    """A measured value as the protocol admits it: NaN → ``lo``, the rest clipped, so the
+    vehicle never builds a record its own journal or the sink would refuse."""
+    if math.isnan(x):
+        return lo
+    return min(hi, max(lo, x))
 
 
 class EventType(str, Enum):
@@ -82,28 +129,27 @@ class FeatureSample(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    t_ms: int
-    frame: int
+    t_ms: Millis
+    frame: Millis
     face: bool
-    ear: float
-    ear_left: float
-    ear_right: float
-    openness: float
-    mar: float
-    yaw: float
-    pitch: float
-    roll: float
-    iris_vis: float
+    ear: Ear
+    ear_left: Ear
+    ear_right: Ear
+    openness: Ratio
+    mar: Ratio
+    yaw: Angle
+    pitch: Angle
+    roll: Angle
+    iris_vis: Unit
 
 
-class Event(BaseModel):
-    """One event as stored in the JSONL journal and (later) published over MQTT."""
+class _EventFields(BaseModel):
+    """What every version of an event record carries."""
 
     model_config = ConfigDict(extra="forbid")
 
-    v: Literal[1] = 1
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Same for raised/ended records.")
-    device_id: str
+    device_id: DeviceId
     type: EventType
     phase: Literal["raised", "ended", "instant"]
     severity: Severity
@@ -111,19 +157,109 @@ class Event(BaseModel):
     start_time: datetime = Field(description="When the condition's episode began (wall clock, UTC).")
     raised_time: datetime | None = Field(None, description="When the alert fired; None for blinks.")
     end_time: datetime | None = None
-    start_ms: int = Field(description="Source clock of the start (ms since the stream started).")
-    raised_ms: int | None = None
-    end_ms: int | None = None
-    start_frame: int
-    raised_frame: int | None = None
-    end_frame: int | None = None
-    duration_ms: int | None = None
-    ear_value: float | None = Field(None, description="Mean EAR in the frame the record was made.")
-    openness: float | None = Field(None, description="EAR over the calibrated open-eye baseline.")
+    start_ms: Millis = Field(description="Source clock of the start (ms since the stream started).")
+    raised_ms: Millis | None = None
+    end_ms: Millis | None = None
+    start_frame: Millis
+    raised_frame: Millis | None = None
+    end_frame: Millis | None = None
+    duration_ms: Count | None = None
+    ear_value: Ear | None = Field(None, description="Mean EAR in the frame the record was made.")
+    openness: Ratio | None = Field(None, description="EAR over the calibrated open-eye baseline.")
     is_drowsy: bool
-    perclos: float | None = Field(None, description="PERCLOS (P80) over the rolling window, 0-1.")
-    model_versions: dict[str, str] = Field(default_factory=dict)
-    features: list[FeatureSample] = Field(default_factory=list, description="Frames before the record.")
+    perclos: Unit | None = Field(None, description="PERCLOS (P80) over the rolling window, 0-1.")
+    model_versions: dict[ShortText, Text] = Field(default_factory=dict, max_length=MAP_MAX)
+
+
+class Event(_EventFields):
+    """One event as the agent makes it, writes to its journal and (protocol v1) publishes."""
+
+    v: Literal[1] = 1
+    features: list[FeatureSample] = Field(
+        default_factory=list, max_length=WINDOW_MAX, description="Frames before the record."
+    )
+
+    def to_v2(self) -> EventV2:
+        return EventV2(
+            **self.model_dump(exclude={"v", "features"}), window=FeatureWindow.from_samples(self.features)
+        )
+
+
+# Decimals each window column keeps: those the agent rounds FeatureSample to, so v2 loses nothing.
+WINDOW_DECIMALS = {
+    "ear": 4, "ear_left": 4, "ear_right": 4, "openness": 3, "mar": 4,
+    "yaw": 1, "pitch": 1, "roll": 1, "iris_vis": 3,
+}  # fmt: skip
+Step = Annotated[int, Field(ge=0, le=INT32_MAX)]
+
+
+class FeatureWindow(BaseModel):
+    """The frames before a record, one array per feature, all of one length: a third of the
+    bytes of a list of objects, which repeats every key in every frame. ``t_ms`` and ``frame``
+    are delta-coded (the first value absolute, then the step from the one before)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    t_ms: list[Step] = Field(max_length=WINDOW_MAX)
+    frame: list[Step] = Field(max_length=WINDOW_MAX)
+    face: list[Annotated[int, Field(ge=0, le=1)]] = Field(max_length=WINDOW_MAX)
+    ear: list[Ear] = Field(max_length=WINDOW_MAX)
+    ear_left: list[Ear] = Field(max_length=WINDOW_MAX)
+    ear_right: list[Ear] = Field(max_length=WINDOW_MAX)
+    openness: list[Ratio] = Field(max_length=WINDOW_MAX)
+    mar: list[Ratio] = Field(max_length=WINDOW_MAX)
+    yaw: list[Angle] = Field(max_length=WINDOW_MAX)
+    pitch: list[Angle] = Field(max_length=WINDOW_MAX)
+    roll: list[Angle] = Field(max_length=WINDOW_MAX)
+    iris_vis: list[Unit] = Field(max_length=WINDOW_MAX)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> FeatureWindow:
+        n = len(self.t_ms)
+        bad = [k for k in type(self).model_fields if len(getattr(self, k)) != n]
+        if bad:
+            raise ValueError(f"window columns of another length than t_ms ({n}): {', '.join(bad)}")
+        return self
+
+    @classmethod
+    def from_samples(cls, samples: list[FeatureSample]) -> FeatureWindow:
+        def deltas(xs: list[int]) -> list[int]:
+            return [xs[0], *(max(0, b - a) for a, b in itertools.pairwise(xs))] if xs else []
+
+        cols: dict[str, list[float]] = {k: [] for k in WINDOW_DECIMALS}
+        for f in samples:
+            for k, d in WINDOW_DECIMALS.items():
+                cols[k].append(round(getattr(f, k), d))
+        return cls(
+            t_ms=deltas([f.t_ms for f in samples]),
+            frame=deltas([f.frame for f in samples]),
+            face=[int(f.face) for f in samples],
+            **cols,  # type: ignore[arg-type]
+        )
+
+    def samples(self) -> list[FeatureSample]:
+        """Back to one object per frame (the v1 shape)."""
+        t = frame = 0
+        out = []
+        for i in range(len(self.t_ms)):
+            t += self.t_ms[i]
+            frame += self.frame[i]
+            out.append(
+                FeatureSample(
+                    t_ms=t,
+                    frame=frame,
+                    face=bool(self.face[i]),
+                    **{k: getattr(self, k)[i] for k in WINDOW_DECIMALS},
+                )
+            )
+        return out
+
+
+class EventV2(_EventFields):
+    """An event on the wire, protocol v2: the window as columns."""
+
+    v: Literal[2] = 2
+    window: FeatureWindow | None = Field(None, description="Frames before the record, as columns.")
 
 
 # ----------------------------------------------------------------------------- MQTT v1
@@ -143,31 +279,47 @@ class Status(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    v: Literal[1] = 1
-    device_id: str
+    v: Literal[1, 2] = PROTOCOL_VERSION
+    device_id: DeviceId
     state: Literal["online", "offline", "stopped"]
-    seq: int = Field(ge=0, description="Session number of this device, +1 per connect.")
+    seq: Count = Field(description="Session number of this device, +1 per connect.")
     time: datetime
-    version: str = Field(description="Agent version.")
+    version: ShortText = Field(description="Agent version.")
 
 
-class Telemetry(BaseModel):
-    """Periodic driver summary on ``.../telemetry`` (QoS 1, through the spool)."""
-
+class _TelemetryFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    v: Literal[1] = 1
     msg_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Idempotency key.")
-    device_id: str
+    device_id: DeviceId
     time: datetime
     state: DriverState
-    perclos: float
-    blink_rate_per_min: float
-    blinks: int
-    baseline_ear: float
+    perclos: Unit
+    blink_rate_per_min: Rate
+    blinks: Count
+    baseline_ear: Ear
     calibrated: bool
     is_drowsy: bool
     face: bool
+
+
+class Telemetry(_TelemetryFields):
+    """Periodic driver summary on ``.../telemetry`` (QoS 1, through the spool), protocol v1."""
+
+    v: Literal[1] = 1
+
+
+class TelemetryV2(_TelemetryFields):
+    """Protocol v2 telemetry: the blinks since the last summary ride here, not as one event
+    each (``mqtt.blink_events`` brings the events back, for a vehicle collecting training data)."""
+
+    v: Literal[2] = 2
+    blink_durations_ms: list[Count] = Field(
+        default_factory=list, max_length=3600, description="Each blink since the last telemetry, in ms."
+    )
+    long_blinks: Count = Field(
+        0, description="Long blinks (0.5 s up to a microsleep) since the last telemetry."
+    )
 
 
 class Stats(BaseModel):
@@ -175,27 +327,28 @@ class Stats(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    v: Literal[1] = 1
-    device_id: str
+    v: Literal[1, 2] = PROTOCOL_VERSION
+    device_id: DeviceId
     time: datetime
-    fps: float
-    frames: int
-    dropped_frames: int
-    bad_frames: int
-    latency_p50_ms: float
-    latency_p99_ms: float
-    stages_ms: dict[str, dict[str, float]] = Field(
+    fps: Rate
+    frames: Millis
+    dropped_frames: Millis
+    bad_frames: Millis
+    latency_p50_ms: Rate
+    latency_p99_ms: Rate
+    stages_ms: dict[ShortText, dict[ShortText, Rate]] = Field(
         default_factory=dict,
+        max_length=MAP_MAX,
         description="Per-stage time per frame, {stage: {p50, p99}}: landmarks, features, models, "
         "detector, alerts.",
     )
-    reconnects: int
+    reconnects: Count
     camera_lost: bool
-    spool_depth: int
-    spool_evicted: dict[str, int]
-    mqtt_reconnects: int
-    providers: list[str]
-    model_versions: dict[str, str]
+    spool_depth: Count
+    spool_evicted: dict[ShortText, Millis] = Field(max_length=MAP_MAX)
+    mqtt_reconnects: Count
+    providers: list[Text] = Field(max_length=MAP_MAX)
+    model_versions: dict[ShortText, Text] = Field(max_length=MAP_MAX)
 
 
 class Receipt(BaseModel):
@@ -206,23 +359,33 @@ class Receipt(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    v: Literal[1] = 1
-    device_id: str
+    v: Literal[1, 2] = PROTOCOL_VERSION
+    device_id: DeviceId
     time: datetime
-    keys: list[str] = Field(description="receipt_key() of each message: event_id:phase, or msg_id.")
+    keys: list[Text] = Field(description="receipt_key() of each message: event_id:phase, or msg_id.")
 
 
-def receipt_key(msg: Event | Telemetry) -> str:
+def wire_event(e: Event, version: Literal[1, 2]) -> bytes:
+    """An event as published under schema ``version``."""
+    return (e if version == 1 else e.to_v2()).model_dump_json().encode()
+
+
+AnyEvent = Event | EventV2
+AnyTelemetry = Telemetry | TelemetryV2
+
+
+def receipt_key(msg: AnyEvent | AnyTelemetry) -> str:
     """The idempotency key the sink stores by, as one string."""
-    if isinstance(msg, Event):
+    if isinstance(msg, (Event, EventV2)):
         return f"{msg.event_id}:{msg.phase}"
     return str(msg.msg_id)
 
 
-# What vehicles send (the sink validates these); the sink sends receipts back.
-MESSAGES: dict[str, type[BaseModel]] = {
-    "status": Status,
-    "event": Event,
-    "telemetry": Telemetry,
-    "stats": Stats,
+# What vehicles send (the sink validates these), per kind and schema version; the sink sends
+# receipts back.
+MESSAGES: dict[str, dict[int, type[BaseModel]]] = {
+    "status": {1: Status, 2: Status},
+    "event": {1: Event, 2: EventV2},
+    "telemetry": {1: Telemetry, 2: TelemetryV2},
+    "stats": {1: Stats, 2: Stats},
 }

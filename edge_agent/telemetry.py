@@ -31,8 +31,10 @@ log = structlog.get_logger(__name__)
 
 
 def resolve_password(cfg: BrokerConfig) -> str | None:
-    if cfg.password:
-        return cfg.password
+    """The real password for the broker login: ``password`` (a SecretStr, so it never prints),
+    else the systemd credential file, else None."""
+    if cfg.password is not None and cfg.password.get_secret_value():
+        return cfg.password.get_secret_value()
     return (read_credential(cfg.password_credential) or "").strip() or None
 
 
@@ -279,6 +281,7 @@ class Publisher:
     def _status(self, state: str) -> bytes:
         return (
             Status(
+                v=self.cfg.protocol,
                 device_id=self.device_id,
                 state=state,  # type: ignore[arg-type]
                 seq=self.seq,

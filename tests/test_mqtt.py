@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from edge_agent.config import MqttConfig
-from edge_agent.protocol import Event, Status, Telemetry, topic
+from edge_agent.protocol import EventV2, Status, TelemetryV2, topic
 from edge_agent.spool import Spool
 from edge_agent.telemetry import Publisher
 from tests.conftest import wait_until
@@ -254,7 +255,18 @@ def test_daemon_publishes_events_telemetry_stats_and_status(broker: Any, clips: 
         def kinds(m: list[tuple[str, bytes, bool]]) -> set[str]:
             return {t.rsplit("/", 1)[1] for t, _, _ in m if "/bus-42/" in t}
 
-        sub.wait_for(lambda m: {"status", "event", "telemetry", "stats"} <= kinds(m), timeout=90)
+        def blinks_in_telemetry(m: list[tuple[str, bytes, bool]]) -> int:
+            return sum(
+                len(TelemetryV2.model_validate_json(p).blink_durations_ms)
+                for t, p, _ in m
+                if t.endswith("bus-42/telemetry")
+            )
+
+        # single_face.mp4 looped: one blink a loop, in telemetry.
+        sub.wait_for(
+            lambda m: {"status", "telemetry", "stats"} <= kinds(m) and blinks_in_telemetry(m) >= 2,
+            timeout=90,
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         sub.wait_for(lambda m: any(t.endswith("bus-42/status") and b'"stopped"' in p for t, p, _ in m))
@@ -262,14 +274,20 @@ def test_daemon_publishes_events_telemetry_stats_and_status(broker: Any, clips: 
         if proc.poll() is None:
             proc.kill()
         sub.close()
-    events = [Event.model_validate_json(p) for t, p, _ in sub.messages if t == "sleepsafe/v1/bus-42/event"]
-    assert any(e.type.value == "blink" for e in events) and all(e.device_id == "bus-42" for e in events)
-    tele = [Telemetry.model_validate_json(p) for t, p, _ in sub.messages if t.endswith("bus-42/telemetry")]
+    # Protocol v2 by default: blinks are summarised in telemetry, not sent one event each.
+    events = [EventV2.model_validate_json(p) for t, p, _ in sub.messages if t == "sleepsafe/v1/bus-42/event"]
+    assert all(e.device_id == "bus-42" and e.type.value != "blink" for e in events)
+    tele = [TelemetryV2.model_validate_json(p) for t, p, _ in sub.messages if t.endswith("bus-42/telemetry")]
     assert tele and tele[0].device_id == "bus-42"
-    # Every event the agent journaled reached the broker.
+    durations = [d for m in tele for d in m.blink_durations_ms]
+    assert all(30 <= d <= 500 for d in durations)
+    # Every event the agent journaled reached the broker, the blinks as telemetry.
     journal = [json.loads(x) for x in (tmp_path / "state" / "events.jsonl").read_text().splitlines()]
-    sent = {(e.event_id, e.phase) for e in events}
-    assert {(j["event_id"], j["phase"]) for j in journal} <= {(str(a), b) for a, b in sent}
+    sent = {(str(e.event_id), e.phase) for e in events}
+    assert {(j["event_id"], j["phase"]) for j in journal if j["type"] != "blink"} <= sent
+    # (The journal may hold a blink or two more: those after the last telemetry.)
+    journal_blinks = Counter(j["duration_ms"] for j in journal if j["type"] == "blink")
+    assert not Counter(durations) - journal_blinks
 
 
 def test_spool_keeps_rows_until_their_receipt(tmp_path: Path) -> None:

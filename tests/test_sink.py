@@ -75,7 +75,7 @@ GOOD = event().model_dump_json().encode()
         ("sleepsafe/v1/bus-1/event", b"\xff\xfe\x00", "json", "not UTF-8"),
         ("sleepsafe/v1/bus-1/event", b"[1, 2]", "json", "not an object"),
         ("sleepsafe/v1/bus-1/event", GOOD.replace(b'"v":1,', b""), "version", "no schema version"),
-        ("sleepsafe/v1/bus-1/event", GOOD.replace(b'"v":1', b'"v":2'), "version", "unknown schema version 2"),
+        ("sleepsafe/v1/bus-1/event", GOOD.replace(b'"v":1', b'"v":3'), "version", "unknown schema version 3"),
         (
             "sleepsafe/v1/bus-1/event",
             GOOD.replace(b'"is_drowsy":false', b'"is_drowsy":"maybe"'),
