@@ -33,19 +33,23 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_agent.protocol import Event, FeatureSample  # noqa: E402
+from edge_agent.protocol import Event, FeatureSample, wire_event  # noqa: E402
 
 ZERO_ID = "00000000-0000-0000-0000-000000000000"
 ZERO_T = "2000-01-01T00:00:00Z"
 
 
+PROTOCOL = int(os.environ.get("SLEEPSAFE_BENCH_PROTOCOL", "2"))  # set by --protocol, for the publishers
+
+
 def template(device: str, features: int) -> bytes:
+    """An alert record as a vehicle sends it (protocol v2 by default: the window as columns)."""
     e = Event(
         event_id=uuid.UUID(ZERO_ID),
         device_id=device,
-        type="blink",  # type: ignore[arg-type]
-        phase="instant",
-        severity="info",  # type: ignore[arg-type]
+        type="microsleep",  # type: ignore[arg-type]
+        phase="ended",
+        severity="critical",  # type: ignore[arg-type]
         state="AWAKE",  # type: ignore[arg-type]
         start_time=datetime(2000, 1, 1, tzinfo=timezone.utc),
         start_ms=1000,
@@ -76,7 +80,7 @@ def template(device: str, features: int) -> bytes:
             for i in range(features)
         ],
     )
-    return e.model_dump_json().encode().replace(b"2000-01-01T00:00:00Z", ZERO_T.encode())
+    return wire_event(e, 2 if PROTOCOL == 2 else 1).replace(b"2000-01-01T00:00:00Z", ZERO_T.encode())
 
 
 def _publisher(port: int, device: str, n: int, features: int, go: Any, rate: float = 0.0) -> None:
@@ -245,12 +249,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from edge_agent.protocol import Event
+from edge_agent.protocol import Event, EventV2
 db = sqlite3.connect(sys.argv[2])  # SQLite defaults: rollback journal, synchronous=FULL
 db.execute("CREATE TABLE events (event_id TEXT, device_id TEXT, type TEXT, start_time TEXT, body TEXT)")
 db.commit()
 def on_message(c, u, m):
-    e = Event.model_validate_json(m.payload)
+    e = (EventV2 if b'"v":2,' in m.payload else Event).model_validate_json(m.payload)
     db.execute("INSERT INTO events VALUES (?,?,?,?,?)",
                (str(e.event_id), e.device_id, e.type.value, e.start_time.isoformat(), m.payload.decode()))
     db.commit()
@@ -306,8 +310,11 @@ def main() -> int:
         default=1000.0,
         help="also measure SQLite latency with the publishers paced at this many events/s in all",
     )
+    ap.add_argument("--protocol", type=int, choices=(1, 2), default=2, help="schema version of the events")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    os.environ["SLEEPSAFE_BENCH_PROTOCOL"] = str(a.protocol)  # publisher processes read it
+    globals()["PROTOCOL"] = a.protocol  # and this one, for payload_bytes
     a.events -= a.events % a.publishers  # every publisher sends the same number
     a.naive_events -= a.naive_events % a.publishers
     from edge_agent.logs import configure_logging
@@ -322,6 +329,7 @@ def main() -> int:
         "events": a.events,
         "publishers": a.publishers,
         "features_per_event": a.features,
+        "protocol": a.protocol,
         "payload_bytes": len(template("bench-0", a.features)),
         "cpus": os.cpu_count(),
     }

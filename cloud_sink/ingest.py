@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -66,9 +67,16 @@ def receipt_keys(items: list[Valid | Rejected]) -> dict[str, list[str]]:
         if not isinstance(obj, dict):
             continue
         key = f"{obj.get('event_id')}:{obj.get('phase')}" if where[1] == "event" else obj.get("msg_id")
-        if isinstance(key, str) and "None" not in key:
+        if isinstance(key, str) and _RECEIPT_KEY.match(key):  # only a key a vehicle can have made
             out.setdefault(where[0], []).append(key)
     return out
+
+
+# What receipt_key() makes: a UUID, with ":phase" for events. A dead letter's bytes may hold
+# anything else (a NUL, 200 characters), which the Receipt model would refuse.
+_RECEIPT_KEY = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}(:(raised|ended|instant))?$"
+)
 
 
 def subscriptions(shared: bool, group: str) -> list[tuple[str, int]]:
@@ -312,7 +320,11 @@ class Ingest:
         """Tell each vehicle which of its messages are now safe here (stored, already stored, or
         kept as a dead letter), after the commit and before the PUBACKs."""
         for device, keys in receipt_keys(items).items():
-            msg = Receipt(device_id=device, time=datetime.now(timezone.utc), keys=keys)
+            try:
+                msg = Receipt(device_id=device, time=datetime.now(timezone.utc), keys=keys)
+            except ValueError as err:  # never the writer's end: the vehicle resends, that is all
+                log.warning("sink_receipt_skipped", device=device[:64], error=str(err)[:200])
+                continue
             self.client.publish(topic(device, "receipt"), msg.model_dump_json(), qos=1)
 
     def _write_isolating(self, items: list[Valid | Rejected]) -> WriteResult:

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from edge_agent.protocol import MESSAGES, PROTOCOL_VERSIONS, TOPIC_ROOT
+from edge_agent.protocol import MESSAGES, PROTOCOL_VERSIONS, RESERVED_DEVICE_IDS, TOPIC_ROOT
 
 DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PREFIX = TOPIC_ROOT + "/"
@@ -64,6 +64,8 @@ def parse_topic(topic: str) -> tuple[str, str] | str:
     if len(parts) != 2:
         return f"topic {topic[:80]!r}: expected {TOPIC_ROOT}/<device>/<kind>"
     device, kind = parts
+    if device in RESERVED_DEVICE_IDS:
+        return f"device id {device!r} is reserved for the sink's own topics"
     if kind not in MESSAGES:
         return f"unknown message kind {kind[:40]!r} (known: {', '.join(MESSAGES)})"
     if not DEVICE_RE.match(device):
@@ -131,9 +133,17 @@ def _why(kind: str, payload: bytes, err: ValidationError) -> tuple[str, str]:
         if path and len(MESSAGES[kind]) > 1 and str(path[0]) == str(obj["v"]):
             path = path[1:]  # the union's tag: the version, already checked
         loc = ".".join(str(x) for x in path) or "(root)"
-        parts.append(f"{loc}: {'unknown field' if e['type'] == 'extra_forbidden' else e['msg']}")
+        parts.append(f"{loc}: {_message(e)}")
     more = f" (+{err.error_count() - 3} more)" if err.error_count() > 3 else ""
     return "invalid", f"invalid {kind}: {'; '.join(parts)}{more}"
+
+
+def _message(e: Any) -> str:
+    if e["type"] == "extra_forbidden":
+        return "unknown field"
+    if e["type"] == "string_pattern_mismatch" and "x00" in e["msg"]:
+        return "NUL character in text"
+    return str(e["msg"])
 
 
 def validate(

@@ -203,14 +203,19 @@ class Agent:
             "model_versions": self.pipeline.model_versions if self.pipeline else {},
             "providers": self.pipeline.providers if self.pipeline else [],
             "events_written": self.events.written if self.events else 0,
+            "invalid_records": self.pipeline.detector.invalid_records if self.pipeline else 0,
         }
 
     async def _stats_task(self) -> None:
+        # Over MQTT every k-th log line: on a cellular link stats were most of the bytes.
+        every = max(1, round(self.cfg.mqtt.stats_interval_s / self.cfg.stats_interval_s))
+        tick = 0
         while True:
             await asyncio.sleep(self.cfg.stats_interval_s)
             stats = self.stats()
             log.info("stats", **stats)
-            if self.publisher is not None:
+            tick += 1
+            if self.publisher is not None and (tick - 1) % every == 0:
                 msg = Stats(
                     v=self.cfg.mqtt.protocol,
                     device_id=self.cfg.device_id,

@@ -13,7 +13,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -263,6 +271,13 @@ class MqttConfig(BrokerConfig):
     spool_max_rows: int = Field(100_000, ge=10, description="Spool bound, in messages.")
     spool_max_mb: float = Field(256.0, gt=0, description="Spool bound, in MB of payload.")
     telemetry_interval_s: float = Field(10.0, gt=0, description="How often a telemetry summary is queued.")
+    stats_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="Runtime stats are published about this often (every k-th stats log line, k = "
+        "this / the top-level stats_interval_s; QoS 0). On a cellular link they were most of the "
+        "bytes at 10 s.",
+    )
     protocol: Literal[1, 2] = Field(
         2,
         description="Schema version sent (docs/mqtt.md): 2, the compact one (the window as columns, "
@@ -408,8 +423,18 @@ class EdgeConfig(TomlSettings):
         min_length=1,
         max_length=64,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="Unique id of this vehicle unit (used in events and MQTT topics).",
+        description="Unique id of this vehicle unit (used in events and MQTT topics; not 'fleet').",
     )
+
+    @field_validator("device_id")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        from .protocol import RESERVED_DEVICE_IDS
+
+        if v in RESERVED_DEVICE_IDS:
+            raise ValueError(f"{v!r} is reserved for the sink's own topics")
+        return v
+
     state_dir: Path = Field(
         default_factory=_default_state_dir, description="Events JSONL, alert tone, caches."
     )

@@ -18,8 +18,10 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from .config import DetectorConfig, ModelsConfig
 from .features import FrameFeatures
@@ -141,6 +143,7 @@ class Detector:
         self._cooldown_until: dict[EventType, float] = {}
         self.blink_count = 0
         self.long_blink_count = 0
+        self.invalid_records = 0  # records built although the protocol refuses them (see _event)
         # Blink durations (ms) not yet summarised in a telemetry message: see take_blinks().
         self._blink_durations: list[int] = []
         self.last_openness = 1.0
@@ -254,7 +257,7 @@ class Detector:
         self.last_ear = f.ear
         self._window.append(
             FeatureSample(
-                t_ms=round(f.t * 1000),
+                t_ms=_ms(f.t),
                 frame=f.frame,
                 face=f.face,
                 ear=round(clamp(f.ear, 0.0, EAR_MAX), 4),
@@ -549,17 +552,25 @@ class Detector:
         return self._epoch + timedelta(seconds=t)
 
     def _event(self, **kw: object) -> Event:
-        return Event(
-            device_id=self.device_id,
-            state=self.state,
-            ear_value=round(clamp(self.last_ear, 0.0, EAR_MAX), 4),
-            openness=round(clamp(self.last_openness, 0.0, RATIO_MAX), 3),
-            is_drowsy=self.is_drowsy,
-            perclos=round(clamp(self.perclos, 0.0, 1.0), 4),
-            model_versions=self.model_versions,
-            features=list(self._window),
-            **kw,  # type: ignore[arg-type]
-        )
+        fields: dict[str, Any] = {
+            "device_id": self.device_id,
+            "state": self.state,
+            "ear_value": round(clamp(self.last_ear, 0.0, EAR_MAX), 4),
+            "openness": round(clamp(self.last_openness, 0.0, RATIO_MAX), 3),
+            "is_drowsy": self.is_drowsy,
+            "perclos": round(clamp(self.perclos, 0.0, 1.0), 4),
+            "model_versions": self.model_versions,
+            "features": list(self._window),
+            **kw,
+        }
+        try:
+            return Event(**fields)
+        except ValidationError:
+            # A record the protocol refuses (a model card with an over-long version, say) must
+            # still alarm on the vehicle: the outputs and the journal get it as built, the sink
+            # keeps it as a dead letter with the reason, and the count shows in the stats.
+            self.invalid_records += 1
+            return Event.model_construct(**fields)
 
     def _raise(
         self,
@@ -587,8 +598,8 @@ class Detector:
             severity=a.severity,
             start_time=self._wall(start_t),
             raised_time=self._wall(f.t),
-            start_ms=round(start_t * 1000),
-            raised_ms=round(f.t * 1000),
+            start_ms=_ms(start_t),
+            raised_ms=_ms(f.t),
             start_frame=start_frame,
             raised_frame=f.frame,
         )
@@ -608,9 +619,9 @@ class Detector:
                 start_time=self._wall(a.start_t),
                 raised_time=self._wall(a.raised_t),
                 end_time=self._wall(f.t),
-                start_ms=round(a.start_t * 1000),
-                raised_ms=round(a.raised_t * 1000),
-                end_ms=round(f.t * 1000),
+                start_ms=_ms(a.start_t),
+                raised_ms=_ms(a.raised_t),
+                end_ms=_ms(f.t),
                 start_frame=a.start_frame,
                 raised_frame=a.raised_frame,
                 end_frame=f.frame,
@@ -625,8 +636,8 @@ class Detector:
             severity=SEVERITY[t],
             start_time=self._wall(start_t),
             end_time=self._wall(f.t),
-            start_ms=round(start_t * 1000),
-            end_ms=round(f.t * 1000),
+            start_ms=_ms(start_t),
+            end_ms=_ms(f.t),
             start_frame=start_frame,
             end_frame=f.frame,
             duration_ms=min(INT32_MAX, max(0, round((f.t - start_t) * 1000))),
@@ -634,3 +645,9 @@ class Detector:
 
 
 CAMERA_LOST_ACTIVE = EventType.CAMERA_LOST
+
+
+def _ms(t: float) -> int:
+    """Stream seconds as the protocol's milliseconds: never negative (some files time their first
+    frame a few ms before zero)."""
+    return max(0, round(t * 1000))

@@ -26,7 +26,12 @@ _TOPICS = [
         "one alert record (`raised` / `ended`) or momentary event (`instant`); unique by `(event_id, phase)`",
     ),
     ("telemetry", "1", "no", "periodic driver summary (`mqtt.telemetry_interval_s`); unique by `msg_id`"),
-    ("stats", "0", "no", "runtime health every `stats_interval_s`; only the newest matters, not spooled"),
+    (
+        "stats",
+        "0",
+        "no",
+        "runtime health every `mqtt.stats_interval_s`; only the newest matters, not spooled",
+    ),
     (
         "receipt",
         "1",

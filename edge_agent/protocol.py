@@ -36,19 +36,27 @@ WINDOW_MAX = 2000  # feature samples in one event: 2 s at up to 1000 fps
 MAP_MAX = 32  # entries in a small map (model versions, per-stage timings, evictions)
 
 
-def _no_nul(v: str) -> str:
-    if "\x00" in v:
-        raise ValueError("NUL character in text")
-    return v
-
-
 def _finite(lo: float, hi: float) -> object:
     return Field(ge=lo, le=hi, allow_inf_nan=False)
 
 
-Text = Annotated[str, StringConstraints(max_length=128), AfterValidator(_no_nul)]
-ShortText = Annotated[str, StringConstraints(max_length=32), AfterValidator(_no_nul)]
-DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+# No NUL, checked in pydantic's Rust core (a Python validator per string cost more per message).
+_NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, StringConstraints(max_length=128, pattern=_NO_NUL)]
+ShortText = Annotated[str, StringConstraints(max_length=32, pattern=_NO_NUL)]
+# Topics under sleepsafe/v1/fleet/ are the sink's own (model releases): no vehicle may be "fleet".
+RESERVED_DEVICE_IDS = frozenset({"fleet"})
+
+
+def _not_reserved(v: str) -> str:
+    if v in RESERVED_DEVICE_IDS:
+        raise ValueError(f"device id {v!r} is reserved for the sink's own topics")
+    return v
+
+
+DeviceId = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"), AfterValidator(_not_reserved)
+]
 Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Millis = Annotated[int, Field(ge=0, le=2**53)]  # stream clock: exact in a double, years long
 Ear = Annotated[float, _finite(0.0, EAR_MAX)]
@@ -190,7 +198,7 @@ WINDOW_DECIMALS = {
     "ear": 4, "ear_left": 4, "ear_right": 4, "openness": 3, "mar": 4,
     "yaw": 1, "pitch": 1, "roll": 1, "iris_vis": 3,
 }  # fmt: skip
-Step = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Step = Millis  # the first value absolute (a stream runs for months), then steps
 
 
 class FeatureWindow(BaseModel):
@@ -215,9 +223,10 @@ class FeatureWindow(BaseModel):
 
     @model_validator(mode="after")
     def _one_length(self) -> FeatureWindow:
+        d = self.__dict__
         n = len(self.t_ms)
-        bad = [k for k in type(self).model_fields if len(getattr(self, k)) != n]
-        if bad:
+        if any(len(d[k]) != n for k in _WINDOW_FIELDS):
+            bad = [k for k in _WINDOW_FIELDS if len(d[k]) != n]
             raise ValueError(f"window columns of another length than t_ms ({n}): {', '.join(bad)}")
         return self
 
@@ -253,6 +262,9 @@ class FeatureWindow(BaseModel):
                 )
             )
         return out
+
+
+_WINDOW_FIELDS = tuple(FeatureWindow.model_fields)
 
 
 class EventV2(_EventFields):

@@ -393,3 +393,23 @@ def test_events_carry_a_feature_window_and_ids() -> None:
     assert ms.features[-1].frame == ms.raised_frame
     assert ms.features[0].t_ms >= ms.raised_ms - det.cfg.window_s * 1000 - 1
     assert ms.is_drowsy and ms.ear_value == pytest.approx(0.02)
+
+
+def test_frames_timed_before_zero_and_odd_values_never_stop_the_detector() -> None:
+    """Some files time their first frame a few ms before zero, landmarks can be degenerate,
+    and a model card may carry an over-long version: the detector still alarms, every record
+    it builds is one the protocol accepts where it can be, and the rest are counted."""
+    det = Detector(DetectorConfig(), model_versions={"eye_state": "v" * 500})
+    out: list[Event] = []
+    for k in range(3 * 30):
+        t = -0.03 + k / 30
+        ear = float("nan") if k % 7 == 0 else (50.0 if k % 11 == 0 else OPEN)
+        out += det.update(frame(t, k, ear=0.02 if k > 30 else ear, yaw=1e6 if k % 13 == 0 else 0.0))
+    out += det.finish()
+    assert of(out, EventType.MICROSLEEP, "raised")  # the closure still alarms
+    assert det.invalid_records == len(out) > 0  # the version is refused by the protocol, counted
+    assert all(s.t_ms >= 0 and 0 <= s.ear <= 5 and abs(s.yaw) <= 360 for e in out for s in e.features)
+    clean = Detector(DetectorConfig())
+    for k in range(3 * 30):
+        clean.update(frame(-0.03 + k / 30, k, ear=0.02 if k > 30 else float("nan")))
+    assert clean.invalid_records == 0

@@ -23,11 +23,19 @@ def _uncommented(example: str, out: Path, state_dir: str) -> Path:
     return out
 
 
-def test_readme_config_reference_is_current() -> None:
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- config-reference -->\n(.*?)\n<!-- /config-reference -->", readme, re.S)
-    assert block, "README lacks the generated config reference block"
+def test_config_reference_is_current() -> None:
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    block = re.search(r"<!-- config-reference -->\n(.*?)\n<!-- /config-reference -->", doc, re.S)
+    assert block, "docs/configuration.md lacks the generated config reference block"
     assert block.group(1).strip() == markdown().strip(), "run: python -m edge_agent.configdoc markdown"
+
+
+def test_readme_is_for_users() -> None:
+    """README: what it does, the commands, the states, how good it is, links; the rest in docs/."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 210
+    for link in re.findall(r"\]\((docs/[^)#]+)", readme):
+        assert (REPO / link).is_file(), link
 
 
 def test_example_toml_is_current_and_valid(tmp_path: Path) -> None:

@@ -238,6 +238,7 @@ def test_daemon_publishes_events_telemetry_stats_and_status(broker: Any, clips: 
         "alerts.sound.enabled=false",
         "source.on_eof=loop",
         "stats_interval_s=0.5",
+        "mqtt.stats_interval_s=0.5",
         "mqtt.enabled=true",
         "mqtt.host=127.0.0.1",
         f"mqtt.port={broker.port}",

@@ -3,6 +3,7 @@ counts end to end: the events the edge recorded == the rows in the sink, none tw
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import subprocess
@@ -10,14 +11,23 @@ import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 
 from cloud_sink import schema
 from cloud_sink.store import Store
 from edge_agent.config import MqttConfig
-from edge_agent.protocol import Event, Telemetry, receipt_key, topic
+from edge_agent.protocol import (
+    Event,
+    FeatureSample,
+    FeatureWindow,
+    Telemetry,
+    TelemetryV2,
+    receipt_key,
+    topic,
+    wire_event,
+)
 from edge_agent.spool import Spool
 from edge_agent.telemetry import Publisher
 from tests.conftest import SinkProcess, wait_until
@@ -58,14 +68,18 @@ def make_telemetry(device: str, n: int) -> Telemetry:
 
 
 class Vehicle:
-    """The edge agent's real publisher and spool (what the daemon uses), in this process."""
+    """The edge agent's real publisher and spool (what the daemon uses), in this process.
+    ``protocol`` (an MqttConfig key, like the rest): the schema ``events`` and ``telemetry``
+    send (unset: v1, with the config's default for the rest)."""
 
     def __init__(self, tmp: Path, port: int, device: str, **mqtt: Any) -> None:
         self.device = device
+        self.tmp = tmp
         self.spool = Spool(tmp / f"{device}.spool.sqlite3", max_rows=mqtt.pop("max_rows", 100_000))
         cfg = MqttConfig(
             enabled=True, host="127.0.0.1", port=port, reconnect_min_s=1, reconnect_max_s=2, **mqtt
         )
+        self.protocol: Literal[1, 2] = mqtt.get("protocol", 1)
         self.pub = Publisher(cfg, device, self.spool)
         self.sent: set[tuple[str, str]] = set()
 
@@ -77,16 +91,31 @@ class Vehicle:
         for n in ns:
             e = make_event(self.device, n)
             self.pub.submit(
-                "event", topic(self.device, "event"), e.model_dump_json().encode(), receipt_key(e)
+                "event", topic(self.device, "event"), wire_event(e, self.protocol), receipt_key(e)
             )
             self.sent.add((str(e.event_id), e.phase))
 
     def telemetry(self, ns: range) -> None:
         for n in ns:
-            t = make_telemetry(self.device, n)
+            t: Telemetry | TelemetryV2 = make_telemetry(self.device, n)
+            if self.protocol == 2:
+                t = TelemetryV2(
+                    **t.model_dump(exclude={"v"}), blink_durations_ms=[150 + n, 210, 480], long_blinks=n % 2
+                )
             self.pub.submit(
                 "telemetry", topic(self.device, "telemetry"), t.model_dump_json().encode(), receipt_key(t)
             )
+
+    def dispatch(self, events: list[Event]) -> None:
+        """Events as the agent hands them out (``Agent._dispatch``): it decides by the vehicle's
+        config which go out (v2: blinks only with ``mqtt.blink_events``) and in which schema."""
+        from edge_agent.agent import Agent
+        from edge_agent.config import EdgeConfig
+
+        cfg = EdgeConfig(device_id=self.device, state_dir=self.tmp / self.device, mqtt=self.pub.cfg)
+        agent = Agent(cfg, install_signals=False)
+        agent.publisher = self.pub
+        agent._dispatch(events)
 
     def stop(self) -> None:
         self.pub.stop()
@@ -498,3 +527,126 @@ def test_mutual_tls_and_passwords_from_credentials_end_to_end(tmp_path: Path, mo
         if bad.proc is not None:
             bad.stop()
         broker.stop()
+
+
+def windowed_events(device: str, n: int) -> list[Event]:
+    """Blinks and microsleeps (raised, then ended) as the detector makes them, each with a 48-frame
+    window (a dropped frame and a faceless stretch in it)."""
+    out: list[Event] = []
+    for i in range(n):
+        e = make_event(device, i)
+        frames = [f for f in range(49) if f != 20]
+        window = [
+            FeatureSample(
+                t_ms=e.start_ms + 42 * f,
+                frame=e.start_frame + f,
+                face=not 30 <= f < 34,
+                ear=0.0 if 30 <= f < 34 else round(0.29 - 0.002 * (f % 7), 4),
+                ear_left=0.2871,
+                ear_right=0.3012,
+                openness=round(0.97 - 0.01 * (f % 5), 3),
+                mar=0.1234,
+                yaw=round(-3.5 + 0.1 * f, 1),
+                pitch=-8.2,
+                roll=1.4,
+                iris_vis=0.812,
+            )
+            for f in frames
+        ]
+        e = e.model_copy(update={"features": window})
+        if e.type.value == "blink":
+            e = e.model_copy(update={"end_ms": e.start_ms + 180, "duration_ms": 180})
+        out.append(e)
+        if e.phase == "raised":
+            out.append(
+                e.model_copy(
+                    update={
+                        "phase": "ended",
+                        "end_ms": e.start_ms + 2600,
+                        "duration_ms": 2600,
+                        "features": window[-40:],
+                    }
+                )
+            )
+    return out
+
+
+def test_mixed_v1_and_v2_fleet_into_one_sink(broker: Any, tmp_path: Path) -> None:
+    """A fleet half upgraded: a v1 vehicle, a v2 vehicle (blinks ride in its telemetry) and a v2
+    vehicle collecting training data (``mqtt.blink_events``), one real sink.  Every event each
+    sends is stored once (some sent twice, as at-least-once allows), telemetry of both versions
+    is stored, and the windows are stored in one shape whatever the version."""
+    import httpx
+
+    url = sqlite_url(tmp_path)
+    sink = SinkProcess(tmp_path / "sink", broker.port, url).start()
+    cars = {
+        "bus-old": Vehicle(tmp_path, broker.port, "bus-old", protocol=1).start(),
+        "bus-new": Vehicle(tmp_path, broker.port, "bus-new", protocol=2).start(),
+        "bus-lab": Vehicle(tmp_path, broker.port, "bus-lab", protocol=2, blink_events=True).start(),
+    }
+    events = {d: windowed_events(d, 60) for d in cars}
+    want = {
+        d: {
+            (str(e.event_id), e.phase)
+            for e in evs
+            if d != "bus-new" or e.type.value != "blink"  # v2 sends blinks only when asked
+        }
+        for d, evs in events.items()
+    }
+    try:
+        for d, car in cars.items():
+            car.dispatch(events[d])
+            car.dispatch(events[d][:10])  # sent again (a resend after a crash): stored once
+            car.telemetry(range(20))
+            car.telemetry(range(5))  # again: stored once
+
+        def all_in(d: str) -> bool:
+            tel = count(url, schema.telemetry, schema.telemetry.c.device_id == d)
+            return cars[d].spool.depth() == 0 and tel >= 20 and stored_events(url, d) >= want[d]
+
+        for d in cars:
+            wait_until(functools.partial(all_in, d), f"{d}'s {len(want[d])} events and 20 telemetry stored")
+        for d in cars:
+            assert stored_events(url, d) == want[d], d  # exactly these, none twice
+        assert len(want["bus-old"]) == len(want["bus-lab"]) == 80 and len(want["bus-new"]) == 40
+        assert count(url, schema.dead_letters) == 0
+
+        store = Store(url, migrate=False)
+        try:
+            e, t = schema.events.c, schema.telemetry.c
+            with store.engine.connect() as conn:
+                rows = conn.execute(select(e.device_id, e.event_id, e.phase, e.protocol, e.features)).all()
+                tel = conn.execute(select(t.device_id, t.protocol, t.blink_durations_ms, t.long_blinks)).all()
+        finally:
+            store.close()
+        assert {(d, p) for d, _, _, p, _ in rows} == {("bus-old", 1), ("bus-new", 2), ("bus-lab", 2)}
+        sent = {(str(ev.event_id), ev.phase): ev for evs in events.values() for ev in evs}
+        shapes = set()
+        for _, event_id, phase, _, features in rows:
+            assert isinstance(features, dict), features  # columns, not a list of frames
+            shapes.add(tuple(sorted(features)))
+            # The stored columns are the frames the vehicle had, whichever schema it sent.
+            assert FeatureWindow.model_validate(features).samples() == sent[(event_id, phase)].features
+        assert shapes == {tuple(sorted(FeatureWindow.model_fields))}
+
+        # The same windows from a v1 and a v2 vehicle are stored alike.
+        def windows(device: str) -> list[str]:
+            return sorted(json.dumps(f, sort_keys=True) for d, _, _, _, f in rows if d == device)
+
+        assert windows("bus-old") == windows("bus-lab")
+
+        assert len(tel) == 60 and {d for d, *_ in tel} == set(cars)
+        for d, protocol, durations, long_blinks in tel:
+            if d == "bus-old":
+                assert (protocol, durations, long_blinks) == (1, None, None)
+            else:
+                assert protocol == 2 and durations[1:] == [210, 480] and long_blinks in (0, 1), (d, durations)
+
+        health = httpx.get(f"http://127.0.0.1:{sink.port}/health", timeout=10)
+        assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+        assert {x["device_id"] for x in sink.api("/devices")} >= set(cars)
+    finally:
+        for car in cars.values():
+            car.stop()
+        assert sink.stop() == 0

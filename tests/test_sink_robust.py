@@ -21,7 +21,7 @@ from cloud_sink.config import SinkConfig, load_sink_config
 from cloud_sink.ingest import Ingest
 from cloud_sink.store import Store
 from cloud_sink.validate import ClockWindow, Rejected, Valid, validate
-from edge_agent.protocol import Event
+from edge_agent.protocol import Event, FeatureSample
 from tests.conftest import wait_until
 
 NOW = datetime.now(timezone.utc)
@@ -310,3 +310,47 @@ def test_a_dead_writer_makes_the_sink_exit_non_zero(
     finally:
         timer.cancel()
     assert code == 70
+
+
+def test_found_by_the_fuzz_receipts_and_long_streams(running: Any) -> None:
+    """Two faults the MQTT fuzz found: a dead letter whose key held a NUL killed the writer while
+    it sent the receipt (and again after every restart, as the message was redelivered); a v1
+    event of a stream older than 24.8 days (t_ms > 2^31) was refused while being stored."""
+    ingest, store, pub = running
+    pub.send("sleepsafe/v1/bus-7/event", b'{"v":1,"event_id":"x","phase":"raised\\u0000"}')
+    pub.send("sleepsafe/v1/bus-7/telemetry", b'{"v":1,"msg_id":"' + b"a" * 300 + b'"}')
+    late = good_event("bus-7", 1).model_copy(
+        update={
+            "features": [
+                FeatureSample(
+                    t_ms=2**31 + 5 + 33 * i,
+                    frame=2**31 + i,
+                    face=True,
+                    ear=0.3,
+                    ear_left=0.3,
+                    ear_right=0.3,
+                    openness=1.0,
+                    mar=0.1,
+                    yaw=0.0,
+                    pitch=0.0,
+                    roll=0.0,
+                    iris_vis=0.9,
+                )
+                for i in range(3)
+            ]
+        }
+    )
+    pub.send("sleepsafe/v1/bus-7/event", late.model_dump_json().encode())
+    wait_until(lambda: ingest.committed >= 3, "all three committed")
+    assert ingest.failed is None and rows(store, schema.events) == 1
+    assert rows(store, schema.dead_letters) == 2
+
+
+def test_no_vehicle_may_be_called_fleet() -> None:
+    """The sink keeps sleepsafe/v1/fleet/ for itself: such a vehicle's messages would vanish."""
+    from edge_agent.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="reserved"):
+        load_config(None, {"device_id": "fleet"})
+    res = validate("sleepsafe/v1/fleet/event", good_event().model_dump_json().encode(), 65536)
+    assert isinstance(res, Rejected) and res.code == "topic"
