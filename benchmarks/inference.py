@@ -29,7 +29,7 @@ from edge_agent.inference import (
     available_providers,
     default_model_path,
 )
-from edge_agent.logs import configure_logging
+from sleepsafe.logs import configure_logging
 
 VARIANTS = {"fp32": "eye_state.onnx", "fp16": "eye_state.fp16.onnx", "int8": "eye_state.int8.onnx"}
 

@@ -33,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_agent.protocol import Event, FeatureSample, wire_event  # noqa: E402
+from sleepsafe.protocol import Event, FeatureSample, wire_event  # noqa: E402
 
 ZERO_ID = "00000000-0000-0000-0000-000000000000"
 ZERO_T = "2000-01-01T00:00:00Z"
@@ -249,7 +249,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from edge_agent.protocol import Event, EventV2
+from sleepsafe.protocol import Event, EventV2
 db = sqlite3.connect(sys.argv[2])  # SQLite defaults: rollback journal, synchronous=FULL
 db.execute("CREATE TABLE events (event_id TEXT, device_id TEXT, type TEXT, start_time TEXT, body TEXT)")
 db.commit()
@@ -317,7 +317,7 @@ def main() -> int:
     globals()["PROTOCOL"] = a.protocol  # and this one, for payload_bytes
     a.events -= a.events % a.publishers  # every publisher sends the same number
     a.naive_events -= a.naive_events % a.publishers
-    from edge_agent.logs import configure_logging
+    from sleepsafe.logs import configure_logging
     from tests.conftest import Mosquitto, Postgres
 
     configure_logging("warning", "json")

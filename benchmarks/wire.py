@@ -52,7 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge_agent.config import MqttConfig  # noqa: E402
-from edge_agent.protocol import (  # noqa: E402
+from sleepsafe.exitcodes import Exit  # noqa: E402
+from sleepsafe.protocol import (  # noqa: E402
     Event,
     EventType,
     EventV2,
@@ -638,7 +639,7 @@ def main() -> int:
     wall0 = time.perf_counter()
 
     from edge_agent.clips import fetch_clips
-    from edge_agent.logs import configure_logging
+    from sleepsafe.logs import configure_logging
     from tests.conftest import Mosquitto
 
     configure_logging("warning", "json")
@@ -653,7 +654,7 @@ def main() -> int:
     clips = [directory / n for n in names if (directory / n).is_file()]
     if not clips:
         print(f"wire: no labelled clips in {directory}", file=sys.stderr)
-        return 66  # EX_NOINPUT
+        return int(Exit.NOINPUT)
 
     tmp = Path(tempfile.mkdtemp(prefix="wire-bench-"))
     broker = Mosquitto(tmp / "broker")

@@ -29,8 +29,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 
-from edge_agent import __version__
-from edge_agent.protocol import EventType
+from sleepsafe import __version__
+from sleepsafe.protocol import EventType
 
 from .config import SinkConfig
 from .ingest import Ingest, Metrics

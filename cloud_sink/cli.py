@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from edge_agent.cli import add_config_args, add_install_args, cmd_install_service, die
-from edge_agent.config import EX_CONFIG, ConfigError, parse_overrides
-from edge_agent.logs import configure_logging
-from edge_agent.redact import redacted
+from sleepsafe.cli import add_config_args, add_install_args, cmd_install_service, die
+from sleepsafe.exitcodes import Exit
+from sleepsafe.logs import configure_logging
+from sleepsafe.redact import redacted
+from sleepsafe.settings import ConfigError, parse_overrides
 
 from .config import DEFAULT_SINK_CONFIG_PATH, load_sink_config
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from .config import SinkConfig
     from .store import Store
 
-EX_UNAVAILABLE = 69
 log = structlog.get_logger(__name__)
 
 
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(cfg, store)
     except ConfigError as err:
-        return _die(EX_CONFIG, f"config error: {err}")
+        return _die(Exit.CONFIG, f"config error: {err}")
     except StoreError as err:
-        return _die(EX_UNAVAILABLE, str(err))
+        return _die(Exit.UNAVAILABLE, str(err))
     except KeyboardInterrupt:
         return 130
 

@@ -14,11 +14,11 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from edge_agent.config import (
+from sleepsafe.settings import (
     BrokerConfig,
     LoggingConfig,
+    Section,
     TomlSettings,
-    _Section,
     load_settings,
     read_credential,
 )
@@ -66,7 +66,7 @@ class SinkMqttConfig(BrokerConfig):
     )
 
 
-class RetentionConfig(_Section):
+class RetentionConfig(Section):
     """How long each table keeps its rows, in days, counted from when the sink stored them (the
     vehicles' clocks may be wrong; the sink's is the one clock every row shares).  0 (or None,
     from code): kept forever."""
@@ -94,7 +94,7 @@ class RetentionConfig(_Section):
     )
 
 
-class StoreConfig(_Section):
+class StoreConfig(Section):
     url: str | None = Field(
         None,
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (unset: SQLite "
@@ -138,7 +138,7 @@ class StoreConfig(_Section):
     )
 
 
-class ApiConfig(_Section):
+class ApiConfig(Section):
     enabled: bool = Field(True, description="Serve the HTTP API and the dashboard.")
     host: str = Field("127.0.0.1", description="Listen address (put a TLS proxy in front).")
     port: int = Field(8080, ge=0, le=65535, description="Listen port (0: any free port, logged).")

@@ -24,7 +24,8 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from edge_agent.protocol import (
+from sleepsafe.mqtt import jitter_backoff, new_client
+from sleepsafe.protocol import (
     TOPIC_ROOT,
     Event,
     EventV2,
@@ -34,7 +35,6 @@ from edge_agent.protocol import (
     receipt_key,
     topic,
 )
-from edge_agent.telemetry import jitter_backoff, new_client
 
 from .config import SinkConfig
 from .store import Store, WriteResult, one_line

@@ -16,7 +16,8 @@ from typing import Any
 
 import structlog
 
-from edge_agent.sdnotify import Notifier
+from sleepsafe.exitcodes import Exit
+from sleepsafe.sdnotify import Notifier
 
 from .config import SinkConfig
 from .ingest import Ingest
@@ -92,7 +93,7 @@ def serve(cfg: SinkConfig, store: Store, *, on_ready: Any = None) -> int:
 
             asyncio.run(_main())
             if not stop.is_set() and not server.started:
-                return 71  # EX_OSERR: the port could not be bound (logged by uvicorn)
+                return Exit.OSERR  # the port could not be bound (logged by uvicorn)
         else:
             notify.ready("ingest running")
             if on_ready:
@@ -108,7 +109,7 @@ def serve(cfg: SinkConfig, store: Store, *, on_ready: Any = None) -> int:
         log.info("sink_stopped", committed=ingest.committed, totals=dict(ingest.totals))
     if fatal:
         log.critical("sink_exiting", reason=fatal[0], exit_code=70)
-        return 70  # EX_SOFTWARE
+        return Exit.SOFTWARE
     return 0
 
 

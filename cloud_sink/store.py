@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy import JSON, Engine, Integer, and_, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import Connection
 
-from edge_agent.protocol import Event, EventV2, FeatureWindow, Stats, Status, Telemetry, TelemetryV2
+from sleepsafe.protocol import Event, EventV2, FeatureWindow, Stats, Status, Telemetry, TelemetryV2
 
 from . import schema
 from .config import RetentionConfig

@@ -1,8 +1,10 @@
-"""SleepSafe Edge agent: on-vehicle driver drowsiness detection with local alerts."""
+"""SleepSafe Edge agent: on-vehicle driver drowsiness detection with local alerts.
+
+Frames (OpenCV) → MediaPipe landmarks → features → optional ONNX models → the drowsiness
+policy (``detector``) → local alert outputs, the journal and MQTT telemetry through a spool.
+"""
 
 import os as _os
-
-__version__ = "0.1.0"
 
 # Native libraries (FFmpeg, OpenCV, MediaPipe's glog/absl) print their own warnings to stderr;
 # our errors are one clear line each, so keep theirs down unless the user asks for them.

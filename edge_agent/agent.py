@@ -23,6 +23,10 @@ from typing import Any
 import numpy as np
 import structlog
 
+from sleepsafe.protocol import Event, EventType, Stats, Telemetry, TelemetryV2, receipt_key, topic, wire_event
+from sleepsafe.redact import mask_url_passwords
+from sleepsafe.sdnotify import Notifier
+
 from .alerts import AlertDispatcher, build_outputs
 from .capture import CaptureThread, clip_fps, open_capture, parse_source, read_clip
 from .config import EdgeConfig
@@ -30,9 +34,6 @@ from .eventlog import EventLog
 from .landmarks import FrameError
 from .pipeline import FrameResult, Pipeline
 from .preview import PreviewSink, annotate
-from .protocol import Event, EventType, Stats, Telemetry, TelemetryV2, receipt_key, topic, wire_event
-from .redact import mask_url_passwords
-from .sdnotify import Notifier
 from .spool import Spool
 from .telemetry import Publisher
 

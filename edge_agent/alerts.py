@@ -23,8 +23,9 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
+from sleepsafe.protocol import Event, Severity
+
 from .config import AlertsConfig, CommandConfig, GpioConfig, SoundConfig
-from .protocol import Event, Severity
 
 log = structlog.get_logger(__name__)
 

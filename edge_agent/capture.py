@@ -21,8 +21,9 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from sleepsafe.redact import mask_url_passwords
+
 from .config import SourceConfig
-from .redact import mask_url_passwords
 
 log = structlog.get_logger(__name__)
 Frame = npt.NDArray[np.uint8]

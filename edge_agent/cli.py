@@ -15,42 +15,20 @@ from typing import Any
 
 import structlog
 
-from . import __version__
-from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, ConfigError, EdgeConfig, load_config, parse_overrides
-from .logs import configure_logging
-from .protocol import Event
-from .redact import redacted
+from sleepsafe.cli import add_config_args, add_install_args, cmd_install_service, die
+from sleepsafe.exitcodes import Exit
+from sleepsafe.logs import configure_logging
+from sleepsafe.protocol import Event
+from sleepsafe.redact import redacted
+from sleepsafe.settings import ConfigError, parse_overrides
 
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
-EX_CANTCREAT = 73
+from .config import DEFAULT_CONFIG_PATH, EdgeConfig, load_config
 
 log = structlog.get_logger(__name__)
 
 
-def die(prog: str, code: int, message: str) -> int:
-    """The one-line error every command ends with (never a traceback)."""
-    print(f"{prog}: {message}", file=sys.stderr)
-    return code
-
-
 def _die(code: int, message: str) -> int:
     return die("sleepsafe-edge", code, message)
-
-
-def add_config_args(p: argparse.ArgumentParser, default_config: Path, example: str) -> None:
-    """--version, --config and --set, the same for every daemon."""
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--config", type=Path, help=f"TOML config file (default {default_config} if present)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a config value, e.g. --set {example} (repeatable)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,36 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_install_args(p: argparse.ArgumentParser, default_unit: str = "edge") -> None:
-    p.add_argument("--unit", choices=("edge", "sink"), default=default_unit, help="which service")
-    p.add_argument("--uninstall", action="store_true", help="disable and remove the service and its venv")
-    p.add_argument(
-        "--purge", action="store_true", help="with --uninstall: also config, credentials, state, user"
-    )
-    p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
-    p.add_argument("--root", type=Path, default=Path("/"), help="install into this staging root")
-    p.add_argument("--no-venv", action="store_true", help="do not create /opt/sleepsafe/venv")
-    p.add_argument("--no-start", action="store_true", help="enable but do not start")
-
-
-def cmd_install_service(args: argparse.Namespace) -> int:
-    from .installer import InstallError
-    from .installer import main as install
-
-    try:
-        return install(
-            args.unit,
-            args.root,
-            args.dry_run,
-            args.uninstall,
-            args.purge,
-            not args.no_venv,
-            not args.no_start,
-        )
-    except (InstallError, OSError) as err:
-        return _die(EX_CANTCREAT if isinstance(err, OSError) else EX_UNAVAILABLE, f"install-service: {err}")
-
-
 def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> EdgeConfig:
     """The config `main` already loaded (for logging), or load it now."""
     loaded: EdgeConfig | None = getattr(args, "loaded_config", None)
@@ -166,11 +114,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     if not args.file.is_file():
-        return _die(EX_NOINPUT, f"replay: {args.file}: no such file")
+        return _die(Exit.NOINPUT, f"replay: {args.file}: no such file")
     try:  # fail on an unreadable file before loading the landmark model
         open_capture(parse_source(str(args.file))).release()
     except SourceError as err:
-        return _die(EX_NOINPUT, f"replay: {err}")
+        return _die(Exit.NOINPUT, f"replay: {err}")
     preview = PreviewSink(args.preview, args.preview_out) if (args.preview or args.preview_out) else None
 
     def emit(e: Event) -> None:
@@ -184,7 +132,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         res = replay_clip(cfg, args.file, on_finished=emit, preview=preview)
     except SourceError as err:
-        return _die(EX_NOINPUT, f"replay: {err}")
+        return _die(Exit.NOINPUT, f"replay: {err}")
     if args.json:
         print(json.dumps(res.summary))
     else:
@@ -206,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     directory = args.clips or clips_dir()
     if not directory.is_dir():
         return _die(
-            EX_NOINPUT, f"eval: clip directory {directory} not found (run: sleepsafe-edge fetch-clips)"
+            Exit.NOINPUT, f"eval: clip directory {directory} not found (run: sleepsafe-edge fetch-clips)"
         )
     names = [n.strip() for n in args.degrade.split(",") if n.strip()]
     modes = ["off", "on"] if args.models == "both" else [args.models]
@@ -226,10 +174,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not reports[mode]["clips"]:
             # Nothing replayed, so nothing can be said about the model either: name the cause.
             why = (reports[mode]["problems"] or ["no labelled clip"])[0]
-            return _die(EX_DATAERR, f"eval: nothing scored: {why}")
+            return _die(Exit.DATAERR, f"eval: nothing scored: {why}")
         if mode == "on" and reports[mode].get("model_versions", {}).get("eye_state") is None:
             return _die(
-                EX_UNAVAILABLE, "eval: --models on, but the eye-state model could not be loaded (see log)"
+                Exit.UNAVAILABLE, "eval: --models on, but the eye-state model could not be loaded (see log)"
             )
     if args.json:
         print(
@@ -246,7 +194,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(format_table(reports[mode]))
         if len(modes) > 1:
             print("\n" + format_comparison(reports["off"], reports["on"]))
-    return 0 if all(r["clips"] for r in reports.values()) else EX_DATAERR
+    return 0 if all(r["clips"] for r in reports.values()) else Exit.DATAERR
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -260,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(agent.run())
     except PermissionError as err:
-        return _die(EX_CONFIG, f"run: {err.filename}: permission denied (state_dir {cfg.state_dir})")
+        return _die(Exit.CONFIG, f"run: {err.filename}: permission denied (state_dir {cfg.state_dir})")
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -277,7 +225,7 @@ def cmd_fetch_clips(args: argparse.Namespace) -> int:
     try:
         path = fetch_clips(args.dir, force=args.force)
     except FetchError as err:
-        return _die(EX_UNAVAILABLE, f"fetch-clips: {err}")
+        return _die(Exit.UNAVAILABLE, f"fetch-clips: {err}")
     print(path)
     return 0
 
@@ -303,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             args.loaded_config = cfg
         return COMMANDS[args.command](args)
     except ConfigError as err:
-        return _die(EX_CONFIG, f"config error: {err}")
+        return _die(Exit.CONFIG, f"config error: {err}")
     except KeyboardInterrupt:
         return 130
 

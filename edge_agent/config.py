@@ -8,37 +8,29 @@ a safety threshold must not be silently ignored.  Every threshold is in seconds,
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
+from pydantic_settings import SettingsConfigDict
+
+from sleepsafe.settings import (
+    BrokerConfig,
+    LoggingConfig,
+    Section,
+    TomlSettings,
+    load_settings,
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/sleepsafe/edge.toml")
-S = TypeVar("S", bound=BaseSettings)
-EX_CONFIG = 78  # sysexits.h EX_CONFIG: systemd's RestartPreventExitStatus keys on it
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class SourceConfig(_Section):
+class SourceConfig(Section):
     uri: str = Field(
         "0",
         description="Camera index ('0'), device ('/dev/video0'), video file, rtsp:// / http:// URL, "
@@ -65,7 +57,7 @@ class SourceConfig(_Section):
     reconnect_max_s: float = Field(10.0, gt=0, description="Retry delay ceiling (exponential backoff).")
 
 
-class LandmarkConfig(_Section):
+class LandmarkConfig(Section):
     type: Literal["mediapipe"] = Field("mediapipe", description="Landmark backend plugin.")
     max_faces: int = Field(
         3, ge=1, le=8, description="Faces searched per frame; the driver is the largest one."
@@ -74,7 +66,7 @@ class LandmarkConfig(_Section):
     min_tracking_confidence: float = Field(0.5, ge=0, le=1, description="FaceMesh tracking threshold.")
 
 
-class DetectorConfig(_Section):
+class DetectorConfig(Section):
     # Calibration of the open-eye EAR baseline.
     prior_open_ear: float = Field(
         0.28, gt=0.1, lt=0.6, description="Open-eye EAR used until this driver is calibrated."
@@ -195,7 +187,7 @@ class DetectorConfig(_Section):
 Provider = Literal["tensorrt", "cuda", "cpu"]
 
 
-class ModelsConfig(_Section):
+class ModelsConfig(Section):
     enabled: bool = Field(
         False,
         description="Fuse the eye-state model with EAR for closure and blink decisions. Off by default: "
@@ -241,28 +233,6 @@ class ModelsConfig(_Section):
     )
 
 
-class BrokerConfig(_Section):
-    """How to reach the MQTT broker: shared by the edge agent and the sink."""
-
-    host: str = Field("localhost", min_length=1, description="Broker host.")
-    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 for TLS, by convention).")
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive.")
-    username: str | None = Field(None, description="Username (unset: anonymous).")
-    password: SecretStr | None = Field(
-        None, description="Password (printed masked); prefer `password_credential`."
-    )
-    password_credential: str = Field(
-        "mqtt-password",
-        description="Name of the password file in $CREDENTIALS_DIRECTORY (systemd LoadCredential=); "
-        "used when `password` is unset and the file exists and is not empty.",
-    )
-    ca_file: Path | None = Field(None, description="CA bundle: setting it turns TLS on.")
-    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
-    key_file: Path | None = Field(None, description="Client key (mutual TLS).")
-    reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay (jittered).")
-    reconnect_max_s: float = Field(60.0, gt=0, description="Reconnect delay ceiling.")
-
-
 class MqttConfig(BrokerConfig):
     enabled: bool = Field(
         False, description="Publish events, telemetry and stats over MQTT (through the spool)."
@@ -303,7 +273,7 @@ class MqttConfig(BrokerConfig):
     )
 
 
-class SoundConfig(_Section):
+class SoundConfig(Section):
     enabled: bool = Field(True, description="Play a tone through aplay/paplay when one is installed.")
     player: Literal["auto", "aplay", "paplay"] = Field("auto", description="Audio player to use.")
     frequency_hz: float = Field(2000.0, gt=20, lt=20000, description="Tone frequency.")
@@ -314,7 +284,7 @@ class SoundConfig(_Section):
     )
 
 
-class CommandConfig(_Section):
+class CommandConfig(Section):
     argv: list[str] = Field(
         default_factory=list,
         description="Hook run for each alert with the event JSON on stdin (empty: disabled).",
@@ -325,7 +295,7 @@ class CommandConfig(_Section):
     )
 
 
-class GpioConfig(_Section):
+class GpioConfig(Section):
     chip: str | None = Field(None, description="GPIO chip, e.g. /dev/gpiochip0 (unset: disabled).")
     line: int = Field(0, ge=0, description="Line offset on the chip (buzzer or lamp).")
     active_low: bool = Field(False, description="Drive the line low to switch the output on.")
@@ -335,7 +305,7 @@ class GpioConfig(_Section):
     )
 
 
-class AlertsConfig(_Section):
+class AlertsConfig(Section):
     log: bool = Field(True, description="Log every event as a structured log line.")
     sound: SoundConfig = Field(default_factory=SoundConfig)  # type: ignore[arg-type]
     command: CommandConfig = Field(default_factory=CommandConfig)  # type: ignore[arg-type]
@@ -345,7 +315,7 @@ class AlertsConfig(_Section):
     )
 
 
-class JournalConfig(_Section):
+class JournalConfig(Section):
     """Bounds of the event journal (``state_dir/events.jsonl``): an SD card in a car that runs for
     years must not fill up, so the journal is rotated by size and old rotations are deleted."""
 
@@ -370,42 +340,9 @@ class JournalConfig(_Section):
     )
 
 
-class LoggingConfig(_Section):
-    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
-    format: Literal["auto", "json", "console"] = Field(
-        "auto", description="'auto': JSON when stderr is not a terminal."
-    )
-
-
 def _default_state_dir() -> Path:
     # systemd's StateDirectory= sets $STATE_DIRECTORY; fall back to the FHS place.
     return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/sleepsafe"))
-
-
-class TomlSettings(BaseSettings):
-    """Sources, highest priority first: ``--set`` overrides (init), environment, TOML file; the
-    same rule for every daemon's settings."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
-
-
-def read_credential(name: str) -> str | None:
-    """A secret from ``$CREDENTIALS_DIRECTORY/<name>`` (systemd ``LoadCredential=``), or None
-    when there is no such directory or file."""
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not creds:
-        return None
-    path = Path(creds) / name
-    return path.read_text() if path.is_file() else None
 
 
 class EdgeConfig(TomlSettings):
@@ -429,7 +366,7 @@ class EdgeConfig(TomlSettings):
     @field_validator("device_id")
     @classmethod
     def _not_reserved(cls, v: str) -> str:
-        from .protocol import RESERVED_DEVICE_IDS
+        from sleepsafe.protocol import RESERVED_DEVICE_IDS
 
         if v in RESERVED_DEVICE_IDS:
             raise ValueError(f"{v!r} is reserved for the sink's own topics")
@@ -447,79 +384,6 @@ class EdgeConfig(TomlSettings):
     journal: JournalConfig = Field(default_factory=JournalConfig)  # type: ignore[arg-type]
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
     stats_interval_s: float = Field(10.0, gt=0, description="How often runtime stats are logged.")
-
-
-class ConfigError(Exception):
-    """A configuration problem, as one line that names the field."""
-
-
-def _format_validation_error(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(root)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        value = e.get("input")
-        shown = (
-            ""
-            if e["type"] in ("extra_forbidden", "missing") or isinstance(value, dict)
-            else f" (got {value!r})"
-        )
-        parts.append(f"{loc}: {msg}{shown}")
-    return "; ".join(parts)
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["detector.microsleep_s=1.2", "device_id=bus-7"]`` → nested dict.  Values stay strings
-    (pydantic converts them, so a bad one is reported against its field like any other), except
-    JSON lists, e.g. ``alerts.command.argv=["/usr/bin/notify", "--loud"]``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. detector.microsleep_s=1.2")
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {p} is a value, not a section")
-            node = nxt
-        value = value.strip()
-        if value.startswith("["):
-            try:
-                node[parts[-1]] = json.loads(value)
-                continue
-            except ValueError:
-                raise ConfigError(f"override {item!r}: the list is not valid JSON") from None
-        node[parts[-1]] = value
-    return out
-
-
-def load_settings(cls: type[S], path: Path | None, overrides: dict[str, Any] | None, default_path: Path) -> S:
-    """Load and validate any of our settings classes (edge agent, sink).  ``path`` None means
-    ``default_path``, used only if it exists; an explicit path that is missing is an error.
-    Raises :class:`ConfigError` with one line naming the field."""
-    toml: Path | None
-    if path is None:
-        toml = default_path if default_path.is_file() else None
-    else:
-        if not path.is_file():
-            raise ConfigError(f"config file {path}: not found")
-        toml = path
-
-    class _FromFile(cls):  # type: ignore[valid-type,misc]
-        model_config = SettingsConfigDict(toml_file=toml)
-
-    try:
-        cfg = _FromFile(**(overrides or {}))
-    except ValidationError as err:
-        where = f"{toml}: " if toml else ""
-        raise ConfigError(f"{where}{_format_validation_error(err)}") from None
-    except (OSError, ValueError) as err:  # TOML syntax errors are ValueErrors
-        raise ConfigError(f"config file {toml}: {err}") from None
-    return cfg  # type: ignore[no-any-return]
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeConfig:

@@ -23,9 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from .config import DetectorConfig, ModelsConfig
-from .features import FrameFeatures
-from .protocol import (
+from sleepsafe.protocol import (
     ALERT_STATE,
     ANGLE_MAX,
     EAR_MAX,
@@ -39,6 +37,9 @@ from .protocol import (
     Severity,
     clamp,
 )
+
+from .config import DetectorConfig, ModelsConfig
+from .features import FrameFeatures
 
 SEVERITY: dict[EventType, Severity] = {
     EventType.BLINK: Severity.INFO,

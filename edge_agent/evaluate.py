@@ -22,9 +22,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from sleepsafe.protocol import Event, EventType
+
 from .agent import replay_clip
 from .config import EdgeConfig
-from .protocol import Event, EventType
 
 Image = np.ndarray[Any, Any]
 

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import structlog
 
+from sleepsafe.protocol import Event
+
 from .alerts import event_json
 from .config import JournalConfig
-from .protocol import Event
 
 log = structlog.get_logger(__name__)
 

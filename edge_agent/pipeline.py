@@ -10,13 +10,14 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
+from sleepsafe.protocol import Event
+
 from .config import EdgeConfig
 from .detector import Detector
 from .eyecrop import eye_crops
 from .features import FrameFeatures, compute_features, no_face, temporal_vector
 from .inference import EyeStateModel, TemporalModel, load_eye_state, load_temporal
 from .landmarks import Face, LandmarkBackend, create_backend, largest_face, to_rgb
-from .protocol import Event
 
 
 @dataclass(slots=True)

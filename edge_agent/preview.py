@@ -12,9 +12,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from sleepsafe.protocol import DriverState
+
 from .features import LEFT_EYE, LEFT_IRIS, MOUTH, RIGHT_EYE, RIGHT_IRIS
 from .landmarks import Face
-from .protocol import DriverState
 
 _STATE_COLOUR = {
     DriverState.AWAKE: (60, 200, 60),

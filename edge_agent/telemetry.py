@@ -14,7 +14,6 @@ exit, each with a persistent session sequence number.
 from __future__ import annotations
 
 import queue
-import random
 import threading
 import time
 from datetime import datetime, timezone
@@ -22,54 +21,23 @@ from typing import Any
 
 import structlog
 
-from . import __version__
-from .config import BrokerConfig, MqttConfig, read_credential
-from .protocol import Receipt, Status, topic
+from sleepsafe import __version__
+from sleepsafe.mqtt import jitter_backoff, new_client
+from sleepsafe.protocol import Receipt, Status, topic
+
+from .config import MqttConfig
 from .spool import Spool
 
 log = structlog.get_logger(__name__)
-
-
-def resolve_password(cfg: BrokerConfig) -> str | None:
-    """The real password for the broker login: ``password`` (a SecretStr, so it never prints),
-    else the systemd credential file, else None."""
-    if cfg.password is not None and cfg.password.get_secret_value():
-        return cfg.password.get_secret_value()
-    return (read_credential(cfg.password_credential) or "").strip() or None
-
-
-def new_client(cfg: BrokerConfig, client_id: str, **kwargs: Any) -> Any:
-    """A paho 2.x MQTT 5 client with credentials and TLS from ``cfg``; the edge publisher and the
-    sink both connect this way."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, **kwargs)
-    if cfg.username:
-        c.username_pw_set(cfg.username, resolve_password(cfg))
-    if cfg.ca_file:
-        c.tls_set(
-            ca_certs=str(cfg.ca_file),
-            certfile=str(cfg.cert_file) if cfg.cert_file else None,
-            keyfile=str(cfg.key_file) if cfg.key_file else None,
-        )
-    return c
-
-
-def jitter_backoff(client: Any, cfg: BrokerConfig) -> None:
-    """Jitter keeps a fleet (or a row of sinks) from reconnecting in lockstep after a broker
-    restart; called again after each disconnect so every attempt gets a new draw."""
-    lo = cfg.reconnect_min_s * random.uniform(0.5, 1.5)
-    client.reconnect_delay_set(min_delay=max(1, round(lo)), max_delay=max(1, round(cfg.reconnect_max_s)))
-
-
-MAX_RECEIPT_BACKOFF = 16
 
 
 def next_backoff(current: int, receipts_since: bool) -> int:
     """Resend rounds with no receipt in between double the wait (up to 16 × receipt_timeout_s);
     any receipt means a sink is back, and the wait returns to one timeout."""
     return 1 if receipts_since else min(current * 2, MAX_RECEIPT_BACKOFF)
+
+
+MAX_RECEIPT_BACKOFF = 16
 
 
 class Publisher:
@@ -144,7 +112,7 @@ class Publisher:
 
     def submit(self, kind: str, topic_: str, payload: bytes, key: str | None = None) -> None:
         """Queue one QoS 1 message (event or telemetry); never blocks.  ``key`` is its
-        :func:`~edge_agent.protocol.receipt_key`, for end-to-end receipts."""
+        :func:`~sleepsafe.protocol.receipt_key`, for end-to-end receipts."""
         self._inbox.put((kind, topic_, payload, key))
 
     def publish_now(self, topic_: str, payload: bytes) -> bool:

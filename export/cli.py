@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from sleepsafe.exitcodes import Exit
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,9 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report = export_temporal(args.checkpoint, args.out)
         except ExportError as err:
-            msg = str(err)
-            print(f"sleepsafe-export: {msg}", file=sys.stderr)
-            return 73 if msg.startswith("output") else 66 if "checkpoint" in msg else 65
+            print(f"sleepsafe-export: {err}", file=sys.stderr)
+            return err.code
         f = report["files"][0]
         print(
             json.dumps(report)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             inputs, labels = model_input(held.crops, held.lids), held.labels
         except (FileNotFoundError, ValueError) as err:
             print(f"sleepsafe-export: {err}", file=sys.stderr)
-            return 66
+            return Exit.NOINPUT
     try:
         report = export_eye_state(
             args.checkpoint,
@@ -79,12 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             eval_labels=labels,
         )
     except ExportError as err:
-        msg = str(err)
-        code = 66 if "checkpoint" in msg and ("not found" in msg or "not a readable" in msg) else 65
-        if msg.startswith("output"):
-            code = 73
-        print(f"sleepsafe-export: {msg}", file=sys.stderr)
-        return code
+        print(f"sleepsafe-export: {err}", file=sys.stderr)
+        return err.code
     if args.json:
         print(json.dumps(report))
     else:

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.eyecrop import CHANNELS, CROP_H, CROP_W
+from sleepsafe.exitcodes import Exit
 
 OPSET = 18
 INPUT = "crops"
@@ -30,7 +31,19 @@ FP16_TOLERANCE = 5e-3
 
 
 class ExportError(RuntimeError):
-    """One line that says what is wrong."""
+    """One line that says what is wrong, and the exit code that says which kind of wrong."""
+
+    def __init__(self, message: str, code: Exit = Exit.DATAERR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _input_code(err: Exception) -> Exit:
+    """A checkpoint missing or not a checkpoint at all is an input problem; one of the wrong
+    architecture or with weights that do not fit is a data problem."""
+    from models.eye_state import UnreadableCheckpoint
+
+    return Exit.NOINPUT if isinstance(err, (FileNotFoundError, UnreadableCheckpoint)) else Exit.DATAERR
 
 
 def _sha256(path: Path) -> str:
@@ -42,9 +55,11 @@ def _check_writable(out: Path) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ExportError(f"output {out}: cannot create {parent}: {err.strerror or err}") from None
+        raise ExportError(
+            f"output {out}: cannot create {parent}: {err.strerror or err}", Exit.CANTCREAT
+        ) from None
     if not os.access(parent, os.W_OK):
-        raise ExportError(f"output {out}: {parent} is not writable")
+        raise ExportError(f"output {out}: {parent} is not writable", Exit.CANTCREAT)
 
 
 def _run_ort(path: Path, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -127,7 +142,7 @@ def export_eye_state(
     try:
         model, ckpt = load_checkpoint(checkpoint)
     except (FileNotFoundError, ValueError) as err:
-        raise ExportError(str(err)) from None
+        raise ExportError(str(err), _input_code(err)) from None
     if int8 and "calibration_inputs" not in ckpt:
         raise ExportError(f"{checkpoint}: no int8 calibration inputs (a leave-one-out fold model?)")
     probe = np.asarray(ckpt["probe_inputs"], dtype=np.float32)
@@ -269,7 +284,7 @@ def export_temporal(checkpoint: Path, out: Path, *, tolerance: float = FP32_TOLE
     try:
         model, ckpt = load_checkpoint(checkpoint)
     except (FileNotFoundError, ValueError) as err:
-        raise ExportError(str(err)) from None
+        raise ExportError(str(err), _input_code(err)) from None
     frames = np.asarray(ckpt["probe_frames"], dtype=np.float32)
     # Reference: the probe clip run frame by frame through torch, carrying the state.
     with torch.no_grad():

@@ -1,1 +1,3 @@
-"""Placeholder: see the issue tracker."""
+"""The models' PyTorch side: the eye-state CNN and the temporal GRU, their data preparation from
+the labelled clips, training and scoring (``sleepsafe-train``). Training only: the vehicle runs
+the exported ONNX files through onnxruntime and never imports torch."""

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sleepsafe.exitcodes import Exit
+
 from .dataset import ClipData, fold_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    from edge_agent.logs import configure_logging
+    from sleepsafe.logs import configure_logging
 
     configure_logging("warning")
     try:
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                     scores["temporal"] = score_temporal(clips, args.temporal_model, eye_probs)
             except ModelError as err:
                 print(f"sleepsafe-train: {err}", file=sys.stderr)
-                return 65
+                return Exit.DATAERR
             print(json.dumps(scores, indent=2) if args.json else format_scores(scores))
             return 0
         if args.command == "temporal":
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (FileNotFoundError, ValueError) as err:
         print(f"sleepsafe-train: {err}", file=sys.stderr)
-        return 66 if isinstance(err, FileNotFoundError) else 65
+        return Exit.NOINPUT if isinstance(err, FileNotFoundError) else Exit.DATAERR
 
 
 if __name__ == "__main__":

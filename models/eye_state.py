@@ -537,6 +537,10 @@ def _calibration_set(
     return np.stack([sampler.view(c, lid) for c, lid in samples])
 
 
+class UnreadableCheckpoint(ValueError):
+    """The file is there but is no torch checkpoint at all (an input problem, not a data one)."""
+
+
 def read_checkpoint(path: Path, arch: str) -> dict[str, Any]:
     """A checkpoint dict of the expected architecture, or one clear error."""
     try:
@@ -544,7 +548,7 @@ def read_checkpoint(path: Path, arch: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path}: not found") from None
     except Exception as err:  # torch raises many kinds on a bad file
-        raise ValueError(
+        raise UnreadableCheckpoint(
             f"checkpoint {path}: not a readable torch checkpoint ({type(err).__name__})"
         ) from err
     if not isinstance(ckpt, dict) or ckpt.get("arch") != arch:

@@ -104,7 +104,7 @@ def make_cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., E
 @pytest.fixture(autouse=True)
 def _logs_to_stderr() -> None:
     """The daemon's own logging set-up: JSON lines on stderr."""
-    from edge_agent.logs import configure_logging
+    from sleepsafe.logs import configure_logging
 
     configure_logging("debug", "json")
 

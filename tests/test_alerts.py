@@ -18,7 +18,7 @@ import pytest
 from edge_agent.alerts import AlertDispatcher, CommandOutput, SoundOutput, build_outputs, tone_wav
 from edge_agent.config import AlertsConfig, CommandConfig, EdgeConfig, GpioConfig, SoundConfig
 from edge_agent.eventlog import EventLog
-from edge_agent.protocol import DriverState, Event, EventType, Severity
+from sleepsafe.protocol import DriverState, Event, EventType, Severity
 
 
 def event(
@@ -158,7 +158,7 @@ def test_default_outputs(make_cfg: Callable[..., EdgeConfig], tmp_path: Path) ->
 
 
 def test_cli_override_takes_a_json_list() -> None:
-    from edge_agent.config import parse_overrides
+    from sleepsafe.settings import parse_overrides
 
     assert parse_overrides(['alerts.command.argv=["/usr/bin/notify", "--loud"]']) == {
         "alerts": {"command": {"argv": ["/usr/bin/notify", "--loud"]}}

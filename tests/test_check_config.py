@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import BrokerConfig, load_config
-from edge_agent.redact import mask_url_passwords
-from edge_agent.telemetry import new_client, resolve_password
+from edge_agent.config import load_config
+from sleepsafe.mqtt import new_client, resolve_password
+from sleepsafe.redact import mask_url_passwords
+from sleepsafe.settings import BrokerConfig
 from tests.conftest import Mosquitto, edge_cli, wait_until
 
 DB_URL = "postgresql+psycopg://sink:hunter2-db@db.example/sleepsafe"
@@ -85,7 +86,7 @@ def test_sink_check_config_masks_store_url_mqtt_password_and_tokens(
     assert shown["mqtt"]["password"] == "**********"
     assert shown["api"]["tokens"] == ["**********"]
     # Masked in print only: the store connects with, and the API accepts, the real values.
-    from edge_agent.config import parse_overrides
+    from sleepsafe.settings import parse_overrides
 
     cfg = load_sink_config(clean_env, parse_overrides([f"{k}={v}" for k, v in sets.items()]))
     assert cfg.database_url() == DB_URL

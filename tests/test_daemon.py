@@ -20,7 +20,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import EdgeConfig
 from edge_agent.landmarks import FrameError, to_rgb
 from edge_agent.pipeline import Pipeline
-from edge_agent.protocol import Event, EventType
+from sleepsafe.protocol import Event, EventType
 
 
 class Recorder:

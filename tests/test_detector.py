@@ -16,7 +16,7 @@ import pytest
 from edge_agent.config import DetectorConfig, ModelsConfig
 from edge_agent.detector import Detector
 from edge_agent.features import FrameFeatures
-from edge_agent.protocol import DriverState, Event, EventType, Severity
+from sleepsafe.protocol import DriverState, Event, EventType, Severity
 
 OPEN = 0.30  # this synthetic driver's open-eye EAR
 FPS = (15.0, 30.0)

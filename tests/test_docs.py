@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from edge_agent.config import load_config
-from edge_agent.configdoc import example_toml, markdown
+from sleepsafe_dev.configdoc import example_toml, markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def test_config_reference_is_current() -> None:
     doc = (REPO / "docs" / "configuration.md").read_text()
     block = re.search(r"<!-- config-reference -->\n(.*?)\n<!-- /config-reference -->", doc, re.S)
     assert block, "docs/configuration.md lacks the generated config reference block"
-    assert block.group(1).strip() == markdown().strip(), "run: python -m edge_agent.configdoc markdown"
+    assert block.group(1).strip() == markdown().strip(), "run: python -m sleepsafe_dev.configdoc markdown"
 
 
 def test_readme_is_for_users() -> None:
@@ -41,7 +41,7 @@ def test_readme_is_for_users() -> None:
 def test_example_toml_is_current_and_valid(tmp_path: Path) -> None:
     shipped = (REPO / "edge_agent" / "edge.example.toml").read_text()
     assert shipped == example_toml(), (
-        "run: python -m edge_agent.configdoc toml > edge_agent/edge.example.toml"
+        "run: python -m sleepsafe_dev.configdoc toml > edge_agent/edge.example.toml"
     )
     cfg_file = _uncommented(shipped, tmp_path / "edge.toml", "/var/lib/sleepsafe")
     cfg = load_config(cfg_file)
@@ -50,10 +50,10 @@ def test_example_toml_is_current_and_valid(tmp_path: Path) -> None:
 
 
 def test_mqtt_doc_matches_the_protocol_models() -> None:
-    from edge_agent.mqttdoc import render
+    from sleepsafe_dev.mqttdoc import render
 
     assert (REPO / "docs" / "mqtt.md").read_text() == render(), (
-        "run: python -m edge_agent.mqttdoc > docs/mqtt.md"
+        "run: python -m sleepsafe_dev.mqttdoc > docs/mqtt.md"
     )
 
 
@@ -63,11 +63,11 @@ def test_sink_config_docs_are_current_and_valid(tmp_path: Path) -> None:
     doc = (REPO / "docs" / "sink.md").read_text()
     block = re.search(r"<!-- sink-config-reference -->\n(.*?)\n<!-- /sink-config-reference -->", doc, re.S)
     assert block and block.group(1).strip() == markdown("sink").strip(), (
-        "run: python -m edge_agent.configdoc markdown sink (into docs/sink.md)"
+        "run: python -m sleepsafe_dev.configdoc markdown sink (into docs/sink.md)"
     )
     shipped = (REPO / "cloud_sink" / "sink.example.toml").read_text()
     assert shipped == example_toml("sink"), (
-        "run: python -m edge_agent.configdoc toml sink > cloud_sink/sink.example.toml"
+        "run: python -m sleepsafe_dev.configdoc toml sink > cloud_sink/sink.example.toml"
     )
     cfg_file = _uncommented(shipped, tmp_path / "sink.toml", "/var/lib/sleepsafe-sink")
     assert (

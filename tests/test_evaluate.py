@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from edge_agent.evaluate import Label, score_clip
-from edge_agent.protocol import DriverState, Event, EventType, Severity
+from sleepsafe.protocol import DriverState, Event, EventType, Severity
 
 
 def _event(type_: EventType, start: int, end: int, raised: int | None = None) -> Event:

@@ -54,7 +54,7 @@ def wanted(extras: list[str]) -> list[Requirement]:
     return [r for r in out if r.marker is None or r.marker.evaluate()]
 
 
-@pytest.mark.parametrize(("lock", "extras"), [("run.txt", []), ("dev.txt", ["dev"])])
+@pytest.mark.parametrize(("lock", "extras"), [("run.txt", ["edge"]), ("dev.txt", ["dev"])])
 def test_lock_pins_and_hashes_every_requirement(lock: str, extras: list[str]) -> None:
     pins = read_lock(LOCKS / lock)
     unhashed = [n for n, (_, hashes) in pins.items() if hashes == 0]

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import MqttConfig
-from edge_agent.protocol import EventV2, Status, TelemetryV2, topic
 from edge_agent.spool import Spool
 from edge_agent.telemetry import Publisher
+from sleepsafe.protocol import EventV2, Status, TelemetryV2, topic
 from tests.conftest import wait_until
 
 
@@ -159,10 +159,10 @@ SPOOL_ONLY = """
 import sys, threading
 from pathlib import Path
 from edge_agent.config import MqttConfig
-from edge_agent.protocol import topic
+from sleepsafe.protocol import topic
 from edge_agent.spool import Spool
 from edge_agent.telemetry import Publisher
-from edge_agent.logs import configure_logging
+from sleepsafe.logs import configure_logging
 configure_logging("warning", "json")
 spool = Spool(Path(sys.argv[1]))
 pub = Publisher(MqttConfig(enabled=True, host="127.0.0.1", port=int(sys.argv[2])), "bus-9", spool).start()
@@ -319,7 +319,7 @@ def test_publisher_keeps_rows_until_receipt_and_ignores_bad_receipts(broker: Any
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge_agent.protocol import Receipt
+    from sleepsafe.protocol import Receipt
 
     spool = Spool(tmp_path / "spool.sqlite3")
     cfg = MqttConfig(

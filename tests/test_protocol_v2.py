@@ -17,7 +17,7 @@ from cloud_sink.validate import Rejected, Valid, validate
 from edge_agent.config import DetectorConfig
 from edge_agent.detector import Detector
 from edge_agent.features import FrameFeatures, no_face
-from edge_agent.protocol import (
+from sleepsafe.protocol import (
     Event,
     EventV2,
     FeatureSample,

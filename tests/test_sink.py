@@ -13,7 +13,7 @@ import pytest
 
 from cloud_sink.store import Store, StoreError
 from cloud_sink.validate import Rejected, Valid, validate
-from edge_agent.protocol import Event, Stats, Status, Telemetry
+from sleepsafe.protocol import Event, Stats, Status, Telemetry
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
 

@@ -18,7 +18,9 @@ from sqlalchemy import func, select
 from cloud_sink import schema
 from cloud_sink.store import Store
 from edge_agent.config import MqttConfig
-from edge_agent.protocol import (
+from edge_agent.spool import Spool
+from edge_agent.telemetry import Publisher
+from sleepsafe.protocol import (
     Event,
     FeatureSample,
     FeatureWindow,
@@ -28,8 +30,6 @@ from edge_agent.protocol import (
     topic,
     wire_event,
 )
-from edge_agent.spool import Spool
-from edge_agent.telemetry import Publisher
 from tests.conftest import SinkProcess, wait_until
 
 T0 = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
@@ -200,8 +200,8 @@ EDGE = """
 import sys, threading, uuid
 from pathlib import Path
 from edge_agent.config import MqttConfig
-from edge_agent.logs import configure_logging
-from edge_agent.protocol import topic
+from sleepsafe.logs import configure_logging
+from sleepsafe.protocol import topic
 from edge_agent.spool import Spool
 from edge_agent.telemetry import Publisher
 from tests.test_sink_e2e import make_event

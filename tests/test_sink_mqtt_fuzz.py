@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, select
 
 from cloud_sink import schema
-from edge_agent.protocol import (
+from sleepsafe.protocol import (
     INT32_MAX,
     MESSAGES,
     PROTOCOL_VERSIONS,

@@ -21,7 +21,7 @@ from cloud_sink.config import SinkConfig, load_sink_config
 from cloud_sink.ingest import Ingest
 from cloud_sink.store import Store
 from cloud_sink.validate import ClockWindow, Rejected, Valid, validate
-from edge_agent.protocol import Event, FeatureSample
+from sleepsafe.protocol import Event, FeatureSample
 from tests.conftest import wait_until
 
 NOW = datetime.now(timezone.utc)
@@ -348,7 +348,8 @@ def test_found_by_the_fuzz_receipts_and_long_streams(running: Any) -> None:
 
 def test_no_vehicle_may_be_called_fleet() -> None:
     """The sink keeps sleepsafe/v1/fleet/ for itself: such a vehicle's messages would vanish."""
-    from edge_agent.config import ConfigError, load_config
+    from edge_agent.config import load_config
+    from sleepsafe.settings import ConfigError
 
     with pytest.raises(ConfigError, match="reserved"):
         load_config(None, {"device_id": "fleet"})

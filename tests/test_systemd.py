@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.sdnotify import Notifier
+from sleepsafe.sdnotify import Notifier
 from tests.test_daemon import MjpegCamera
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ needs_systemd_analyze = pytest.mark.skipif(
 def staged_unit(name: str, tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this environment's scripts (verify checks that the
     executable exists); every other line as shipped."""
-    text = (REPO / "systemd" / name).read_text().replace("/opt/sleepsafe/venv/bin/", f"{BIN}/")
+    text = (REPO / "sleepsafe" / "units" / name).read_text().replace("/opt/sleepsafe/venv/bin/", f"{BIN}/")
     out = tmp_path / name
     out.write_text(text)
     return out
@@ -56,7 +56,7 @@ def test_unit_verifies_cleanly(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", UNITS)
 def test_security_exposure_at_most_2(name: str) -> None:
     proc = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(REPO / "systemd" / name)],
+        ["systemd-analyze", "security", "--offline=true", str(REPO / "sleepsafe" / "units" / name)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -68,7 +68,7 @@ def test_security_exposure_at_most_2(name: str) -> None:
 
 
 def test_edge_unit_keeps_camera_gpu_and_restart_policy() -> None:
-    text = (REPO / "systemd" / "sleepsafe-edge.service").read_text()
+    text = (REPO / "sleepsafe" / "units" / "sleepsafe-edge.service").read_text()
     for line in (
         "Type=notify",
         "WatchdogSec=10",
@@ -228,7 +228,7 @@ def test_installer_into_a_staging_root_and_back(tmp_path: Path) -> None:
     unit = root / "etc/systemd/system/sleepsafe-edge.service"
     cfg = root / "etc/sleepsafe/edge.toml"
     cred = root / "etc/sleepsafe/credentials/mqtt-password"
-    assert unit.read_text() == (REPO / "systemd/sleepsafe-edge.service").read_text()
+    assert unit.read_text() == (REPO / "sleepsafe/units/sleepsafe-edge.service").read_text()
     assert cfg.read_text() == (REPO / "edge_agent/edge.example.toml").read_text()
     assert oct(cred.stat().st_mode & 0o777) == "0o600"
     assert "[skipped: staging root]" in proc.stdout

@@ -1,6 +1,6 @@
 """Generate docs/mqtt.md from the protocol models (a test keeps the file current).
 
-python -m edge_agent.mqttdoc > docs/mqtt.md
+python -m sleepsafe_dev.mqttdoc > docs/mqtt.md
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 from pydantic import BaseModel
 
-from .protocol import MESSAGES, PROTOCOL_VERSION, PROTOCOL_VERSIONS, TOPIC_ROOT, Receipt
+from sleepsafe.protocol import MESSAGES, PROTOCOL_VERSION, PROTOCOL_VERSIONS, TOPIC_ROOT, Receipt
 
 _TOPICS = [
     (
@@ -47,7 +47,7 @@ def render() -> str:
     out = [
         f"# MQTT protocol ({versions})",
         "",
-        "Generated from `edge_agent/protocol.py` by `python -m edge_agent.mqttdoc` (a test fails when",
+        "Generated from `sleepsafe/protocol.py` by `python -m sleepsafe_dev.mqttdoc` (a test fails when",
         'this file and the models disagree). Every payload is JSON with `"v"`, its schema version.',
         f"Vehicles send v{PROTOCOL_VERSION} by default (`mqtt.protocol`); the sink reads {versions} side by",
         "side, so a fleet upgrades one vehicle at a time.",

@@ -21,11 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-UNITS_DIR = REPO / "systemd"
+# Package data, so an installed wheel installs its own service (not files of a checkout).
+UNITS_DIR = Path(__file__).resolve().parent / "units"
+# The config templates ship in each end's package; read by name so this imports neither.
 TEMPLATES = {
-    "edge.toml": Path(__file__).resolve().parent / "edge.example.toml",
-    "sink.toml": REPO / "cloud_sink" / "sink.example.toml",
+    "edge.toml": ("edge_agent", "edge.example.toml"),
+    "sink.toml": ("cloud_sink", "sink.example.toml"),
 }
+
+
+def _template(name: str) -> str:
+    from importlib import resources
+
+    package, file = TEMPLATES[name]
+    return resources.files(package).joinpath(file).read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +47,7 @@ class ServiceSpec:
 
 
 SERVICES = {
-    "edge": ServiceSpec("sleepsafe-edge.service", "sleepsafe", "edge.toml", ("mqtt-password",)),
+    "edge": ServiceSpec("sleepsafe-edge.service", "sleepsafe", "edge.toml", ("mqtt-password",), "[edge]"),
     "sink": ServiceSpec(
         "sleepsafe-sink.service",
         "sleepsafe-sink",
@@ -150,7 +159,7 @@ def plan(
             if cfg.exists():
                 return
             cfg.parent.mkdir(parents=True, exist_ok=True)
-            cfg.write_text(TEMPLATES[cfg.name].read_text())
+            cfg.write_text(_template(cfg.name))
             cfg.chmod(0o640)
             if live:  # /etc/sleepsafe stays root's (ConfigurationDirectory=); the service reads by group
                 shutil.chown(cfg, group=spec.user)
