@@ -66,8 +66,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+## Fast tests only: no real video, no services (markers set in tests/conftest.py).
 unit: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not clips and not services"
 
 ## ruff, mypy and the whole test suite (real clips, real services).
 test: install clips

@@ -389,3 +389,25 @@ class SinkProcess:
 
     def final(self) -> dict[str, Any]:
         return next((r for r in reversed(self.log) if r.get("event") == "sink_stopped"), {})
+
+
+# ----------------------------------------------------------------------------- tests by cost
+
+_CLIP_FIXTURES = {"clips", "prepared", "checkpoint", "shipped_scores"}
+_SERVICE_FIXTURES = {"broker", "postgres", "db_url", "fleet", "running", "api"}
+# Modules whose tests start daemons or servers of their own (subprocesses, sockets).
+_SERVICE_MODULES = {
+    "test_daemon", "test_mqtt", "test_fleet", "test_sink_e2e", "test_sink_robust", "test_sink_mqtt_fuzz",
+    "test_sink_api_fuzz", "test_systemd", "test_check_config", "test_retention",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A marker per cost, from what a test uses: ``clips`` (real video), ``services`` (real
+    Mosquitto, PostgreSQL, Chromium, daemons). `make unit` runs the rest, under a minute."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & _CLIP_FIXTURES:
+            item.add_marker(pytest.mark.clips)
+        if used & _SERVICE_FIXTURES or item.path.stem in _SERVICE_MODULES:
+            item.add_marker(pytest.mark.services)
