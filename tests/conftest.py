@@ -411,3 +411,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.clips)
         if used & _SERVICE_FIXTURES or item.path.stem in _SERVICE_MODULES:
             item.add_marker(pytest.mark.services)
+
+
+def launch_chromium(playwright: Any, executable: str) -> Any:
+    """Debian's Chromium, headless, as root, on a closed network: without the background-
+    networking flags it keeps trying to reach Google's hosts (never download a browser here)."""
+    return playwright.chromium.launch(
+        executable_path=executable,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    )

