@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.capture import read_clip
-from edge_agent.clips import fetch_clips
 from edge_agent.config import EdgeConfig, load_config
-from edge_agent.landmarks import to_rgb
+from edge_agent.devtools.clips import fetch_clips
+from edge_agent.perception.capture import read_clip
+from edge_agent.perception.landmarks import to_rgb
 from edge_agent.pipeline import Pipeline
 from sleepsafe.logs import configure_logging
 from sleepsafe.protocol import Event
@@ -167,8 +167,8 @@ def main() -> int:
     publisher = None
     if args.mqtt_down:
         from edge_agent.config import MqttConfig
-        from edge_agent.spool import Spool
-        from edge_agent.telemetry import Publisher
+        from edge_agent.outputs.spool import Spool
+        from edge_agent.outputs.telemetry import Publisher
 
         spool_path = state / "bench-spool.sqlite3"
         spool_path.unlink(missing_ok=True)

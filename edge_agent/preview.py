@@ -12,10 +12,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.perception.features import LEFT_EYE, LEFT_IRIS, MOUTH, RIGHT_EYE, RIGHT_IRIS
+from edge_agent.perception.landmarks import Face
 from sleepsafe.protocol import DriverState
-
-from .features import LEFT_EYE, LEFT_IRIS, MOUTH, RIGHT_EYE, RIGHT_IRIS
-from .landmarks import Face
 
 _STATE_COLOUR = {
     DriverState.AWAKE: (60, 200, 60),

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     inputs = labels = None
     if args.data:
-        from edge_agent.eyecrop import model_input
+        from edge_agent.perception.eyecrop import model_input
         from models.dataset import TEST_SUBJECTS, eye_samples, load_all
 
         try:

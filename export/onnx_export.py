@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.eyecrop import CHANNELS, CROP_H, CROP_W
+from edge_agent.perception.eyecrop import CHANNELS, CROP_H, CROP_W
 from sleepsafe.exitcodes import Exit
 
 OPSET = 18
@@ -131,7 +131,7 @@ def export_eye_state(
     eval_labels: npt.NDArray[np.int64] | None = None,
 ) -> dict[str, Any]:
     """Export and check.  ``eval_inputs``: model inputs of real held-out eyes
-    (:func:`edge_agent.eyecrop.model_input`) for the accuracy in each model card.  Returns a
+    (:func:`edge_agent.perception.eyecrop.model_input`) for the accuracy in each model card.  Returns a
     report with one entry per written file."""
     import onnx
     import torch
@@ -317,7 +317,7 @@ def export_temporal(checkpoint: Path, out: Path, *, tolerance: float = FP32_TOLE
             ckpt,
             {"x": ["batch", 1, N_FEATURES], "h": [1, "batch", HIDDEN]},
             {"y": ["batch", 1, 2], "meaning": "P(eyes closed now), drowsiness score"},
-            "edge_agent.features.temporal_vector",
+            "edge_agent.perception.features.temporal_vector",
             {k: report_train.get(k) for k in ("leave_one_subject_out", "held_out")},
         )
         _set_metadata(proto, meta)

@@ -40,8 +40,8 @@ def eye_probabilities(
     import numpy as np
 
     from edge_agent.config import ModelsConfig
-    from edge_agent.eyecrop import model_input
-    from edge_agent.inference import EyeStateModel
+    from edge_agent.inference.runtime import EyeStateModel
+    from edge_agent.perception.eyecrop import model_input
 
     model = EyeStateModel(model_path, ModelsConfig(providers=["cpu"]), Path("/tmp"))
     out, source = {}, {}
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("warning")
     try:
         if args.command == "prepare":
-            from edge_agent.clips import clips_dir
+            from edge_agent.devtools.clips import clips_dir
 
             from .dataset import prepare, prepare_stills
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         from .dataset import load_all, load_stills
 
         if args.command == "score":
-            from edge_agent.inference import ModelError
+            from edge_agent.inference.runtime import ModelError
 
             from .score import format_scores, score_eye_state, score_temporal
 

@@ -4,7 +4,7 @@
 clip and stores, per clip, the raw aligned eye crops (uint8, both eyes), their eyelid contours,
 the per-frame features, the detector's openness and the eye-state label of each frame (1 closed,
 0 open, -1 unlabelled: transitions, a hand over the face).  Crops come from
-:mod:`edge_agent.eyecrop`, the function the runtime uses, so training and inference see the same
+:mod:`edge_agent.perception.eyecrop`, the function the runtime uses, so training and inference see the same
 input.  ``prepare_stills`` does the same for labelled faces in still images (more people with
 open eyes, ``data/labels/stills.csv``); they are stored apart (``stills/``) because they have no
 time axis and only the eye-state model trains on them.
@@ -146,9 +146,9 @@ def prepare(
     """Run the agent over each labelled clip and store a ClipData npz per clip."""
     from tqdm import tqdm
 
-    from edge_agent.capture import read_clip
     from edge_agent.config import load_config
-    from edge_agent.eyecrop import CROP_H, CROP_W, lid_contours, raw_eye_crops
+    from edge_agent.perception.capture import read_clip
+    from edge_agent.perception.eyecrop import CROP_H, CROP_W, lid_contours, raw_eye_crops
     from edge_agent.pipeline import Pipeline
 
     ranges = read_eye_labels(labels_path)
@@ -268,9 +268,9 @@ def prepare_stills(clips_dir: Path, labels_path: Path, out_dir: Path) -> list[Pa
     import cv2
 
     from edge_agent.config import DetectorConfig, LandmarkConfig
-    from edge_agent.eyecrop import lid_contours, raw_eye_crops
-    from edge_agent.features import compute_features
-    from edge_agent.landmarks import MediaPipeFaceMesh, largest_face, to_rgb
+    from edge_agent.perception.eyecrop import lid_contours, raw_eye_crops
+    from edge_agent.perception.features import compute_features
+    from edge_agent.perception.landmarks import MediaPipeFaceMesh, largest_face, to_rgb
 
     prior = DetectorConfig().prior_open_ear
     mesh = MediaPipeFaceMesh(LandmarkConfig(max_faces=1), static=True)

@@ -26,14 +26,14 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from edge_agent.eyecrop import CHANNELS, CROP_H, CROP_W, aperture_mask, model_input, standardise
+from edge_agent.perception.eyecrop import CHANNELS, CROP_H, CROP_W, aperture_mask, model_input, standardise
 
 from .dataset import TEST_SUBJECTS, ClipData, EyeSamples, data_hash, eye_samples, fold_path
 from .synth import close_eye, narrow_eye, usable
 
 ARCH = "EyeStateNet"
 PREPROCESSING = (
-    "edge_agent.eyecrop.eye_crops: corners levelled, eye = 62% of width, image-right eye "
+    "edge_agent.perception.eyecrop.eye_crops: corners levelled, eye = 62% of width, image-right eye "
     "mirrored, grayscale, per-crop standardised; channel 2: the eye opening between the "
     "FaceMesh lid contours, drawn in the same grid (coverage 0..1)"
 )

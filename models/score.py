@@ -29,8 +29,8 @@ def score_eye_state(clips: list[ClipData], model_path: Path, closed_ratio: float
     """Per held-out person, on the same crops: the model, EAR at ``closed_ratio`` and EAR at the
     cut chosen on the training people's crops (absent when none of them has a closed eye)."""
     from edge_agent.config import ModelsConfig
-    from edge_agent.eyecrop import model_input
-    from edge_agent.inference import EyeStateModel
+    from edge_agent.inference.runtime import EyeStateModel
+    from edge_agent.perception.eyecrop import model_input
 
     held = [c for c in clips if c.subject in TEST_SUBJECTS]
     if not held:
@@ -68,7 +68,7 @@ def score_temporal(
     time with its state carried, as in the agent), EAR at ``closed_ratio`` and at the cut chosen
     on the training people's frames."""
     from edge_agent.config import ModelsConfig
-    from edge_agent.inference import TemporalModel
+    from edge_agent.inference.runtime import TemporalModel
 
     from .temporal import clip_sequence, frame_ear_cut, labelled_frames
 

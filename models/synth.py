@@ -72,7 +72,7 @@ def close_eye(
     crop: npt.NDArray[np.uint8], lids: npt.NDArray[np.float32], rng: np.random.Generator
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
     """A closed version of an open eye crop ``(H, W)`` uint8 whose lids are ``(2, 9, 2)`` in
-    crop pixels (upper, then lower; :func:`edge_agent.eyecrop.lid_contours`), and the lids a
+    crop pixels (upper, then lower; :func:`edge_agent.perception.eyecrop.lid_contours`), and the lids a
     landmark model would then draw: both near the lash line, a sliver apart at most."""
     h, w = crop.shape
     s = SCALE

@@ -27,7 +27,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from edge_agent.features import temporal_vector as frame_vector
+from edge_agent.perception.features import temporal_vector as frame_vector
 
 from .dataset import FEATURES, TEST_SUBJECTS, ClipData, data_hash
 

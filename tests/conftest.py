@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.clips import FetchError, fetch_clips
 from edge_agent.config import EdgeConfig, load_config
+from edge_agent.devtools.clips import FetchError, fetch_clips
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SLEEPSAFE_SHARED_DIR", REPO.parent / "shared"))

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.alerts import AlertDispatcher, CommandOutput, SoundOutput, build_outputs, tone_wav
 from edge_agent.config import AlertsConfig, CommandConfig, EdgeConfig, GpioConfig, SoundConfig
-from edge_agent.eventlog import EventLog
+from edge_agent.outputs.alerts import AlertDispatcher, CommandOutput, SoundOutput, build_outputs, tone_wav
+from edge_agent.outputs.journal import EventLog
 from sleepsafe.protocol import DriverState, Event, EventType, Severity
 
 

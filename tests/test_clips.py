@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from edge_agent.config import EdgeConfig
-from edge_agent.evaluate import evaluate
+from edge_agent.devtools.evaluate import evaluate
 from tests.conftest import edge_cli
 
 # The eleven clips hold 15 labelled blinks. With no false blink F1 = 2 tp / (tp + 15), so one
@@ -159,7 +159,7 @@ def test_eval_on_degraded_frames(
 def test_low_resolution_view_keeps_the_aspect(size: tuple[int, int], expected: tuple[int, int]) -> None:
     """A 4:3 frame squeezed into 16:9 would flatten every eye (the model then sees lids lowered);
     a frame already smaller is left alone."""
-    from edge_agent.evaluate import DEGRADATIONS
+    from edge_agent.devtools.evaluate import DEGRADATIONS
 
     w, h = size
     out = DEGRADATIONS["320x180"](np.zeros((h, w, 3), dtype=np.uint8))

@@ -18,7 +18,7 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.config import EdgeConfig
-from edge_agent.landmarks import FrameError, to_rgb
+from edge_agent.perception.landmarks import FrameError, to_rgb
 from edge_agent.pipeline import Pipeline
 from sleepsafe.protocol import Event, EventType
 
@@ -206,7 +206,7 @@ def test_gray_and_bgra_frames_are_accepted() -> None:
 def test_pipeline_survives_a_bad_frame_between_good_ones(
     make_cfg: Callable[..., EdgeConfig], clips: Path
 ) -> None:
-    from edge_agent.capture import read_clip
+    from edge_agent.perception.capture import read_clip
 
     pipe = Pipeline(make_cfg())
     try:
@@ -230,7 +230,7 @@ class MjpegCamera:
 
         import cv2
 
-        from edge_agent.capture import read_clip
+        from edge_agent.perception.capture import read_clip
 
         jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for _, _, f in read_clip(clip)]
         self.mode = "serve"

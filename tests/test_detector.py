@@ -14,8 +14,8 @@ from dataclasses import replace
 import pytest
 
 from edge_agent.config import DetectorConfig, ModelsConfig
-from edge_agent.detector import Detector
-from edge_agent.features import FrameFeatures
+from edge_agent.perception.features import FrameFeatures
+from edge_agent.policy.detector import Detector
 from sleepsafe.protocol import DriverState, Event, EventType, Severity
 
 OPEN = 0.30  # this synthetic driver's open-eye EAR

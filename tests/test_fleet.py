@@ -60,7 +60,7 @@ def fleet(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         for d, proc in agents.items():
             assert proc.wait(timeout=240) == 0, f"agent {d} failed"
             # A clean stop drained the spool, which with receipts means the sink confirmed all.
-            from edge_agent.spool import Spool
+            from edge_agent.outputs.spool import Spool
 
             spool = Spool(tmp / d / "spool.sqlite3")
             assert spool.depth() == 0, f"{d}: {spool.depth()} rows never receipted"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from edge_agent.config import EdgeConfig, JournalConfig
-from edge_agent.eventlog import EventLog
+from edge_agent.outputs.journal import EventLog
 from sleepsafe.protocol import DriverState, Event, EventType, Severity
 from sleepsafe.settings import ConfigError
 from tests.conftest import wait_until

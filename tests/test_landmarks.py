@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 
 from edge_agent.config import EdgeConfig
-from edge_agent.features import compute_features
-from edge_agent.landmarks import create_backend, largest_face, to_rgb
+from edge_agent.perception.features import compute_features
+from edge_agent.perception.landmarks import create_backend, largest_face, to_rgb
 
 
 def test_driver_is_the_largest_face(make_cfg: Callable[..., EdgeConfig], clips: Path) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge_agent.config import EdgeConfig, ModelsConfig
-from edge_agent.inference import (
+from edge_agent.inference.runtime import (
     EyeStateModel,
     ModelError,
     choose_providers,
@@ -97,7 +97,7 @@ def test_export_round_trip_parity_metadata_and_variants(
 ) -> None:
     import onnx
 
-    from edge_agent.eyecrop import model_input
+    from edge_agent.perception.eyecrop import model_input
     from export.onnx_export import export_eye_state
     from models.dataset import eye_samples, load_all
 
@@ -431,7 +431,7 @@ def test_int8_within_two_points_of_fp32(
 def test_synthetic_closure_shuts_a_real_open_eye(prepared: Path) -> None:
     """The training-only closure: the opening the lids enclose shrinks to a sliver, the picture
     changes inside it (the iris is painted over) and hardly outside it."""
-    from edge_agent.eyecrop import aperture_mask
+    from edge_agent.perception.eyecrop import aperture_mask
     from models.dataset import eye_samples, load_all
     from models.synth import close_eye, usable
 
@@ -455,7 +455,7 @@ def test_narrowed_eye_stays_open(prepared: Path) -> None:
     three fifths, never to a sliver; the skin painted over the covered band changes the picture
     there, while outside the eye and deep in the gap that stays open (away from the new lid
     margin) the real eye is left much as it was."""
-    from edge_agent.eyecrop import aperture_mask
+    from edge_agent.perception.eyecrop import aperture_mask
     from models.dataset import eye_samples, load_all
     from models.synth import narrow_eye, usable
 
@@ -495,7 +495,7 @@ def test_out_of_fold_threshold_maximises_balanced_accuracy() -> None:
 def test_occluders_leave_the_open_eye_visible(prepared: Path) -> None:
     """The training-only occluders (hand, glasses rim, glare) change real crops, yet never hide
     most of the opening: the label stays true to the picture."""
-    from edge_agent.eyecrop import aperture_mask
+    from edge_agent.perception.eyecrop import aperture_mask
     from models.dataset import eye_samples, load_all
     from models.eye_state import occlude
 
@@ -523,8 +523,8 @@ def test_runtime_eye_input_has_the_opening_mask(clips: Path) -> None:
     import cv2
 
     from edge_agent.config import LandmarkConfig
-    from edge_agent.eyecrop import CHANNELS, eye_crops
-    from edge_agent.landmarks import create_backend, largest_face, to_rgb
+    from edge_agent.perception.eyecrop import CHANNELS, eye_crops
+    from edge_agent.perception.landmarks import create_backend, largest_face, to_rgb
 
     frame = cv2.imread(str(clips / "single_face.jpg"))
     backend = create_backend(LandmarkConfig())  # the agent's backend: not the full 478 points

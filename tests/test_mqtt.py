@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import MqttConfig
-from edge_agent.spool import Spool
-from edge_agent.telemetry import Publisher
+from edge_agent.outputs.spool import Spool
+from edge_agent.outputs.telemetry import Publisher
 from sleepsafe.protocol import EventV2, Status, TelemetryV2, topic
 from tests.conftest import wait_until
 
@@ -160,8 +160,8 @@ import sys, threading
 from pathlib import Path
 from edge_agent.config import MqttConfig
 from sleepsafe.protocol import topic
-from edge_agent.spool import Spool
-from edge_agent.telemetry import Publisher
+from edge_agent.outputs.spool import Spool
+from edge_agent.outputs.telemetry import Publisher
 from sleepsafe.logs import configure_logging
 configure_logging("warning", "json")
 spool = Spool(Path(sys.argv[1]))
@@ -355,7 +355,7 @@ def test_publisher_keeps_rows_until_receipt_and_ignores_bad_receipts(broker: Any
 
 
 def test_receipt_resend_backs_off_while_no_sink_answers() -> None:
-    from edge_agent.telemetry import MAX_RECEIPT_BACKOFF, next_backoff
+    from edge_agent.outputs.telemetry import MAX_RECEIPT_BACKOFF, next_backoff
 
     seq = [1]
     for _ in range(6):

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from cloud_sink.validate import Rejected, Valid, validate
 from edge_agent.config import DetectorConfig
-from edge_agent.detector import Detector
-from edge_agent.features import FrameFeatures, no_face
+from edge_agent.perception.features import FrameFeatures, no_face
+from edge_agent.policy.detector import Detector
 from sleepsafe.protocol import (
     Event,
     EventV2,

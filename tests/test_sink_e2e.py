@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from cloud_sink import schema
 from cloud_sink.store import Store
 from edge_agent.config import MqttConfig
-from edge_agent.spool import Spool
-from edge_agent.telemetry import Publisher
+from edge_agent.outputs.spool import Spool
+from edge_agent.outputs.telemetry import Publisher
 from sleepsafe.protocol import (
     Event,
     FeatureSample,
@@ -202,8 +202,8 @@ from pathlib import Path
 from edge_agent.config import MqttConfig
 from sleepsafe.logs import configure_logging
 from sleepsafe.protocol import topic
-from edge_agent.spool import Spool
-from edge_agent.telemetry import Publisher
+from edge_agent.outputs.spool import Spool
+from edge_agent.outputs.telemetry import Publisher
 from tests.test_sink_e2e import make_event
 configure_logging("warning", "json")
 spool = Spool(Path(sys.argv[1]))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_agent.config import ModelsConfig
-from edge_agent.inference import ModelError, TemporalModel, default_model_path
+from edge_agent.inference.runtime import ModelError, TemporalModel, default_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,10 +22,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_agent.agent import replay_clip
+from edge_agent.config import EdgeConfig
 from sleepsafe.protocol import Event, EventType
-
-from .agent import replay_clip
-from .config import EdgeConfig
 
 Image = np.ndarray[Any, Any]
 

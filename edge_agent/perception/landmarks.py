@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from .config import LandmarkConfig
-from .features import FEATURE_INDICES
+from edge_agent.config import LandmarkConfig
+from edge_agent.perception.features import FEATURE_INDICES
 
 Frame = npt.NDArray[np.uint8]
 

@@ -21,12 +21,11 @@ from typing import Any
 
 import structlog
 
+from edge_agent.config import MqttConfig
+from edge_agent.outputs.spool import Spool
 from sleepsafe import __version__
 from sleepsafe.mqtt import jitter_backoff, new_client
 from sleepsafe.protocol import Receipt, Status, topic
-
-from .config import MqttConfig
-from .spool import Spool
 
 log = structlog.get_logger(__name__)
 

@@ -29,10 +29,9 @@ from pathlib import Path
 
 import structlog
 
+from edge_agent.config import JournalConfig
+from edge_agent.outputs.alerts import event_json
 from sleepsafe.protocol import Event
-
-from .alerts import event_json
-from .config import JournalConfig
 
 log = structlog.get_logger(__name__)
 

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from .features import LEFT_EYE, LEFT_LIDS, RIGHT_EYE, RIGHT_LIDS
+from edge_agent.perception.features import LEFT_EYE, LEFT_LIDS, RIGHT_EYE, RIGHT_LIDS
 
 CROP_W = 48
 CROP_H = 24

@@ -21,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from .config import ModelsConfig
-from .eyecrop import CHANNELS, CROP_H, CROP_W
+from edge_agent.config import ModelsConfig
+from edge_agent.perception.eyecrop import CHANNELS, CROP_H, CROP_W
 
 log = structlog.get_logger(__name__)
 
@@ -268,7 +268,7 @@ class EyeStateModel(OnnxModel):
 
 def default_model_path(file: str) -> Path:
     """Models shipped in the repository (``models/``), or installed beside the package."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # edge_agent/
     for candidate in (here.parent / "models" / file, here / "models" / file):
         if candidate.is_file():
             return candidate

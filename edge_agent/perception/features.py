@@ -45,7 +45,7 @@ _MODEL_3D = np.array(
     dtype=np.float64,
 )
 # Eyelid contours, outer corner first: upper lid, then lower lid (the eye-state model's
-# opening mask, edge_agent.eyecrop).
+# opening mask, edge_agent.perception.eyecrop).
 LEFT_LIDS = ((33, 246, 161, 160, 159, 158, 157, 173, 133), (33, 7, 163, 144, 145, 153, 154, 155, 133))
 RIGHT_LIDS = ((263, 466, 388, 387, 386, 385, 384, 398, 362), (263, 249, 390, 373, 374, 380, 381, 382, 362))
 # All indices a feature needs: the landmark backend converts only these (and the face box).

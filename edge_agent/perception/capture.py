@@ -21,9 +21,8 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from edge_agent.config import SourceConfig
 from sleepsafe.redact import mask_url_passwords
-
-from .config import SourceConfig
 
 log = structlog.get_logger(__name__)
 Frame = npt.NDArray[np.uint8]

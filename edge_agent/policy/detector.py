@@ -1,6 +1,6 @@
 """Drowsiness policy: per-frame features in, events out.  No I/O, no clocks, no threads.
 
-The detector is fed one :class:`~edge_agent.features.FrameFeatures` at a time (``update``)
+The detector is fed one :class:`~edge_agent.perception.features.FrameFeatures` at a time (``update``)
 and answers with the events of that frame, so an alert is raised in the very frame in which
 its condition becomes true.  All durations come from the frames' own timestamps, in seconds,
 so a 15 fps and a 30 fps source behave alike, and replaying a clip is deterministic.
@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from edge_agent.config import DetectorConfig, ModelsConfig
+from edge_agent.perception.features import FrameFeatures
 from sleepsafe.protocol import (
     ALERT_STATE,
     ANGLE_MAX,
@@ -37,9 +39,6 @@ from sleepsafe.protocol import (
     Severity,
     clamp,
 )
-
-from .config import DetectorConfig, ModelsConfig
-from .features import FrameFeatures
 
 SEVERITY: dict[EventType, Severity] = {
     EventType.BLINK: Severity.INFO,

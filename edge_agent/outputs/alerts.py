@@ -23,9 +23,8 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
+from edge_agent.config import AlertsConfig, CommandConfig, GpioConfig, SoundConfig
 from sleepsafe.protocol import Event, Severity
-
-from .config import AlertsConfig, CommandConfig, GpioConfig, SoundConfig
 
 log = structlog.get_logger(__name__)
 
