@@ -304,7 +304,7 @@ async def replay(clip: Path, cfgs: dict[Literal[1, 2], Any], publishers: dict[Li
             await asyncio.gather(*tasks, return_exceptions=True)
             pipe.close()
     run.seconds = t_last + 1.0 / fps
-    run.blinks = pipe.detector.blink_count
+    run.blinks = pipe.detector.status().blinks
     # Everything this clip made has arrived before the next clip starts (clip boundaries in
     # the stream, for the blink check and the per-clip table).
     run.sent = {

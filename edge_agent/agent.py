@@ -41,12 +41,12 @@ log = structlog.get_logger(__name__)
 
 def preview_lines(pipeline: Pipeline, res: FrameResult, fps: float | None = None) -> list[str]:
     f = res.features
-    d = pipeline.detector
+    d = pipeline.detector.status()
     lines = [
-        f"EAR {f.ear:.3f} (L {f.ear_left:.3f} R {f.ear_right:.3f})  open {d.last_openness:.2f}",
-        f"baseline {d.cal.baseline:.3f}{'' if d.cal.done else ' (calibrating)'}  PERCLOS {d.perclos:.1%}",
+        f"EAR {f.ear:.3f} (L {f.ear_left:.3f} R {f.ear_right:.3f})  open {d.openness:.2f}",
+        f"baseline {d.baseline_ear:.3f}{'' if d.calibrated else ' (calibrating)'}  PERCLOS {d.perclos:.1%}",
         f"yaw {f.yaw:+.0f}  pitch {f.pitch:+.0f}  roll {f.roll:+.0f}  MAR {f.mar:.2f}",
-        f"blinks {d.blink_count}  faces {res.faces}" + (f"  {fps:.1f} fps" if fps else ""),
+        f"blinks {d.blinks}  faces {res.faces}" + (f"  {fps:.1f} fps" if fps else ""),
     ]
     return lines if f.face else ["no face", lines[1]]
 
@@ -183,9 +183,9 @@ class Agent:
     # ------------------------------------------------------------------ control plane
     def stats(self) -> dict[str, Any]:
         cap = self.capture
-        d = self.pipeline.detector.snapshot() if self.pipeline else {}
+        status = self.pipeline.detector.status() if self.pipeline else None
         return {
-            **d,
+            **(status.summary() if status else {}),
             "fps": round(self.fps, 2),
             "frames": self.frames,
             "captured": cap.captured if cap else 0,
@@ -203,7 +203,7 @@ class Agent:
             "model_versions": self.pipeline.model_versions if self.pipeline else {},
             "providers": self.pipeline.providers if self.pipeline else [],
             "events_written": self.events.written if self.events else 0,
-            "invalid_records": self.pipeline.detector.invalid_records if self.pipeline else 0,
+            "invalid_records": status.invalid_records if status else 0,
         }
 
     async def _stats_task(self) -> None:
@@ -243,24 +243,22 @@ class Agent:
         while True:
             await asyncio.sleep(self.cfg.mqtt.telemetry_interval_s)
             d = self.pipeline.detector
-            snap = d.snapshot()
+            st = d.status()
             fields = {
                 "device_id": self.cfg.device_id,
                 "time": datetime.now(timezone.utc),
-                "state": d.state,
-                "perclos": d.perclos,
-                "blink_rate_per_min": float(snap["blink_rate_per_min"]),
-                "blinks": d.blink_count,
-                "baseline_ear": d.cal.baseline,
-                "calibrated": d.cal.done,
-                "is_drowsy": d.is_drowsy,
-                "face": d.last_ear > 0,
+                "state": st.state,
+                "perclos": st.perclos,
+                "blink_rate_per_min": round(st.blink_rate_per_min, 2),
+                "blinks": st.blinks,
+                "baseline_ear": st.baseline_ear,
+                "calibrated": st.calibrated,
+                "is_drowsy": st.is_drowsy,
+                "face": st.ear > 0,
             }
             durations = d.take_blinks()
-            long_blinks, self._long_blinks_sent = (
-                d.long_blink_count - self._long_blinks_sent,
-                d.long_blink_count,
-            )
+            long_blinks = st.long_blinks - self._long_blinks_sent
+            self._long_blinks_sent = st.long_blinks
             msg: Telemetry | TelemetryV2 = (
                 Telemetry(**fields)
                 if self.cfg.mqtt.protocol == 1
@@ -426,17 +424,18 @@ def replay_clip(
     cap = open_capture(parse_source(str(path)))
     fps_clip = clip_fps(cap)
     cap.release()
+    status = pipe.detector.status()
     summary = {
         "type": "summary",
         "clip": path.name,
         "frames": n,
         "frames_with_face": int(sum(face_flags)),
         "seconds": round(t_last + (1.0 / fps_clip if n else 0.0), 3),
-        "blinks": pipe.detector.blink_count,
-        "blink_rate_per_min": round(pipe.detector.blink_rate(), 2),
-        "perclos": round(pipe.detector.perclos, 4),
-        "baseline_ear": round(pipe.detector.cal.baseline, 4),
-        "calibrated": pipe.detector.cal.done,
+        "blinks": status.blinks,
+        "blink_rate_per_min": round(status.blink_rate_per_min, 2),
+        "perclos": round(status.perclos, 4),
+        "baseline_ear": round(status.baseline_ear, 4),
+        "calibrated": status.calibrated,
         "alerts": {
             t.value: sum(1 for e in raised if e.type is t)
             for t in EventType

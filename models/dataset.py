@@ -166,7 +166,8 @@ def prepare(
                 frame = np.ascontiguousarray(whole[y0:y1, x0:x1])
                 res = pipe.process(frame, t, index)
                 f = res.features
-                row = [getattr(f, n) if n != "openness" else pipe.detector.last_openness for n in FEATURES]
+                openness = pipe.detector.status().openness
+                row = [getattr(f, n) if n != "openness" else openness for n in FEATURES]
                 feats.append([float(v) for v in row])
                 ts.append(t)
                 if res.face is not None:

@@ -413,3 +413,19 @@ def test_frames_timed_before_zero_and_odd_values_never_stop_the_detector() -> No
     for k in range(3 * 30):
         clean.update(frame(-0.03 + k / 30, k, ear=0.02 if k > 30 else float("nan")))
     assert clean.invalid_records == 0
+
+
+def test_driver_status_is_one_frozen_value_every_reader_shares() -> None:
+    """Telemetry, stats, the replay summary and the preview read DriverStatus, not the
+    detector's fields: it is taken once, cannot change under its reader, and rounds alike."""
+    import dataclasses
+
+    det, t, i = calibrated(30.0)
+    st = det.status()
+    assert st.calibrated and st.baseline_ear == pytest.approx(OPEN) and st.state is DriverState.AWAKE
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        st.blinks = 3  # type: ignore[misc]
+    out, _, _ = run(det, 30.0, 1.5, lambda t, i: frame(t, i, ear=0.02), t, i)
+    assert of(out, EventType.MICROSLEEP, "raised")
+    assert st.state is DriverState.AWAKE and det.status().state is DriverState.MICROSLEEP
+    assert det.snapshot() == det.status().summary() and det.snapshot()["state"] == "MICROSLEEP"

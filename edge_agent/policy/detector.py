@@ -164,16 +164,24 @@ class Detector:
         span = min(self.cfg.perclos_window_s, max(1e-6, self._perclos_total))
         return len(self._blinks) * 60.0 / span if self._perclos_total > 1.0 else 0.0
 
+    def status(self) -> DriverStatus:
+        """The driver after the last frame, as one frozen value."""
+        return DriverStatus(
+            state=self.state,
+            perclos=self.perclos,
+            blinks=self.blink_count,
+            blink_rate_per_min=self.blink_rate(),
+            long_blinks=self.long_blink_count,
+            baseline_ear=self.cal.baseline,
+            calibrated=self.cal.done,
+            openness=self.last_openness,
+            ear=self.last_ear,
+            is_drowsy=self.is_drowsy,
+            invalid_records=self.invalid_records,
+        )
+
     def snapshot(self) -> dict[str, float | int | bool | str]:
-        return {
-            "state": self.state.value,
-            "perclos": round(self.perclos, 4),
-            "blinks": self.blink_count,
-            "blink_rate_per_min": round(self.blink_rate(), 2),
-            "baseline_ear": round(self.cal.baseline, 4),
-            "calibrated": self.cal.done,
-            "openness": round(self.last_openness, 3),
-        }
+        return self.status().summary()
 
     def update(self, f: FrameFeatures) -> list[Event]:
         """Consume one frame; return the events raised, ended or completed in it."""
@@ -642,6 +650,36 @@ class Detector:
             end_frame=f.frame,
             duration_ms=min(INT32_MAX, max(0, round((f.t - start_t) * 1000))),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStatus:
+    """What the policy knows of the driver after a frame: the one value telemetry, stats, the
+    replay summary and the preview read, so none of them reaches into the detector's state."""
+
+    state: DriverState
+    perclos: float  # P80 over the rolling window, 0-1
+    blinks: int  # since the start
+    blink_rate_per_min: float
+    long_blinks: int  # since the start
+    baseline_ear: float  # this driver's calibrated open-eye EAR (the prior until calibrated)
+    calibrated: bool
+    openness: float  # EAR / baseline in the last frame with a face
+    ear: float  # in the last frame with a face
+    is_drowsy: bool
+    invalid_records: int  # records built although the protocol refuses them
+
+    def summary(self) -> dict[str, float | int | bool | str]:
+        """The rounded figures the stats line and the log carry."""
+        return {
+            "state": self.state.value,
+            "perclos": round(self.perclos, 4),
+            "blinks": self.blinks,
+            "blink_rate_per_min": round(self.blink_rate_per_min, 2),
+            "baseline_ear": round(self.baseline_ear, 4),
+            "calibrated": self.calibrated,
+            "openness": round(self.openness, 3),
+        }
 
 
 CAMERA_LOST_ACTIVE = EventType.CAMERA_LOST
