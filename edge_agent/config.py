@@ -191,8 +191,7 @@ class ModelsConfig(Section):
     enabled: bool = Field(
         False,
         description="Fuse the eye-state model with EAR for closure and blink decisions. Off by default: "
-        "fused, it finds a blink EAR misses in the car but turns downcast glances into false blinks "
-        "at 320x180 (README, Models).",
+        "it finds blinks EAR misses but adds false blinks on degraded frames (docs/models.md).",
     )
     eye_state: Path | None = Field(
         None, description="Eye-state ONNX file (unset: the shipped model of `variant`)."
@@ -200,7 +199,7 @@ class ModelsConfig(Section):
     temporal_enabled: bool = Field(
         False,
         description="Also run the temporal GRU (closure-now probability, drowsiness score). Off by default: "
-        "it does not beat EAR alone on the held-out clip (README, Models).",
+        "it does not beat EAR alone on the held-out people (docs/models.md).",
     )
     temporal: Path | None = Field(None, description="Temporal ONNX file (unset: the shipped one).")
     drowsy_score: float = Field(
@@ -225,8 +224,7 @@ class ModelsConfig(Section):
         gt=0,
         le=1,
         description="P(closed) at which the model alone marks a half-shut eye as shut; 1 (default): "
-        "never. At 0.9 a model that had not seen the driver raised a false microsleep in a look-down "
-        "and added nothing on the labelled clips (README, Models).",
+        "never, since a model that has not seen the driver is sure in a look-down too (docs/models.md).",
     )
     strong_openness: float = Field(
         0.35, gt=0, lt=1, description="...as long as openness is at most this (EAR still has a say)."
