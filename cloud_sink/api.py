@@ -27,7 +27,6 @@ from limits.strategies import MovingWindowRateLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import text
 
 from sleepsafe import __version__
 from sleepsafe.protocol import EventType
@@ -131,12 +130,7 @@ def create_app(
 
     @app.get("/health", tags=["health"], summary="Liveness and readiness (no token needed)")
     def health(response: Response) -> dict[str, Any]:
-        db_ok = True
-        try:
-            with store.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception:  # noqa: BLE001 - reported, not raised
-            db_ok = False
+        db_ok = store.reachable()
         problems = [] if db_ok else ["database unreachable"]
         if ingest is not None:  # an API-only process has no ingest to judge
             problems += ingest.problems()

@@ -156,6 +156,12 @@ class Ingest:
         """Received, not yet committed."""
         return len(self._q)
 
+    def writer_turning(self, now: float | None = None) -> bool:
+        """The writer is alive and its loop has turned within ``store.stall_s`` (it wakes every
+        second, idle or not, and after each retry while the database is down)."""
+        now = time.monotonic() if now is None else now
+        return self.failed is None and now - self.heartbeat <= self.cfg.store.stall_s
+
     def problems(self, now: float | None = None) -> list[str]:
         """Why ingest is not working right now (empty: it is). Read by /health and by the
         systemd watchdog, so neither says ok while messages have stopped being stored."""
@@ -166,7 +172,7 @@ class Ingest:
             out.append(f"writer stopped: {self.failed}")
         elif not self._writer.is_alive() and self._writer.ident is not None:
             out.append("writer stopped")
-        elif now - self.heartbeat > stall:
+        elif not self.writer_turning(now):
             out.append(f"writer stuck for {now - self.heartbeat:.0f} s")
         # The oldest message not yet committed: in the batch being written, else in the queue.
         since, waiting = self._batch_since, self._batch_n + len(self._q)

@@ -119,7 +119,7 @@ def _watchdog_loop(ingest: Ingest, notify: Notifier, stop: threading.Event) -> N
     not: the writer is then retrying, which a restart would not help."""
     interval = (notify.watchdog_s or 2.0) / 2
     while not stop.wait(interval):
-        if ingest.failed is None and time.monotonic() - ingest.heartbeat < ingest.cfg.store.stall_s:
+        if ingest.writer_turning():
             notify.watchdog()
 
 

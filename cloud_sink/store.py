@@ -147,7 +147,7 @@ class Store:
         statuses: list[Status] = []
         stats: list[Stats] = []
         dead: dict[str, dict[str, Any]] = {}
-        seen: dict[str, datetime] = {}
+        seen: set[str] = set()  # devices in this batch: their last_seen moves
         for it in items:
             if isinstance(it, Rejected):
                 digest = hashlib.sha256(it.topic.encode() + b"\0" + it.payload).hexdigest()
@@ -165,7 +165,7 @@ class Store:
                     "times_seen": 1,
                 }
                 continue
-            seen[it.device_id] = now
+            seen.add(it.device_id)
             m = it.msg
             if isinstance(m, (Event, EventV2)):
                 ev.append(_event_params(m, stamp, ts))

@@ -97,7 +97,6 @@ class Agent:
         self.notifier = Notifier()
         self._first_frame = threading.Event()
         self._stopping_sent = False
-        self._long_blinks_sent = 0  # the detector's long-blink count at the last telemetry
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -256,9 +255,7 @@ class Agent:
                 "is_drowsy": st.is_drowsy,
                 "face": st.ear > 0,
             }
-            durations = d.take_blinks()
-            long_blinks = st.long_blinks - self._long_blinks_sent
-            self._long_blinks_sent = st.long_blinks
+            durations, long_blinks = d.take_blinks()
             msg: Telemetry | TelemetryV2 = (
                 Telemetry(**fields)
                 if self.cfg.mqtt.protocol == 1

@@ -198,7 +198,6 @@ WINDOW_DECIMALS = {
     "ear": 4, "ear_left": 4, "ear_right": 4, "openness": 3, "mar": 4,
     "yaw": 1, "pitch": 1, "roll": 1, "iris_vis": 3,
 }  # fmt: skip
-Step = Millis  # the first value absolute (a stream runs for months), then steps
 
 
 class FeatureWindow(BaseModel):
@@ -208,8 +207,8 @@ class FeatureWindow(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    t_ms: list[Step] = Field(max_length=WINDOW_MAX)
-    frame: list[Step] = Field(max_length=WINDOW_MAX)
+    t_ms: list[Millis] = Field(max_length=WINDOW_MAX)  # first absolute (a stream runs for months)
+    frame: list[Millis] = Field(max_length=WINDOW_MAX)
     face: list[Annotated[int, Field(ge=0, le=1)]] = Field(max_length=WINDOW_MAX)
     ear: list[Ear] = Field(max_length=WINDOW_MAX)
     ear_left: list[Ear] = Field(max_length=WINDOW_MAX)

@@ -130,18 +130,7 @@ def test_dashboard_draws_real_data_in_chromium_and_updates_live(fleet: dict[str,
         page.wait_for_function("Number(document.body.dataset.refreshes) >= 1", timeout=30_000)
         assert page.locator("#error").is_hidden(), page.locator("#error").text_content()
         assert page.locator("#n-devices").text_content() == "2"
-        # Each chart is a real plotly SVG with drawn marks, not an empty frame.
-        for chart, selector in (
-            ("chart-fleet", ".bars .point"),
-            ("chart-rate", ".bars .point"),
-            ("chart-perclos", ".bars .point"),
-            ("chart-timeline", ".scatterlayer .trace"),
-        ):
-            marks = page.locator(f"#{chart} {selector}").count()
-            assert marks > 0, f"{chart}: no marks drawn"
-            png = page.locator(f"#{chart}").screenshot(path=str(shots / f"{chart}.png"))
-            assert _chart_pixels(png) > 0.01, f"{chart}: screenshot is blank"
-        assert int(page.evaluate("document.body.dataset.timelinePoints")) > 0
+        assert_charts_drawn(page, shots)
         page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
 
         # Live: a third vehicle reports an alert; the open page shows it without a reload.
@@ -152,6 +141,22 @@ def test_dashboard_draws_real_data_in_chromium_and_updates_live(fleet: dict[str,
         assert "bus-late" in (page.locator("#devices").text_content() or "")
         browser.close()
     assert errors == [], errors
+
+
+def assert_charts_drawn(page: Any, shots: Path) -> None:
+    """Each chart is a real plotly SVG with drawn marks, not an empty frame (a screenshot of each
+    goes to ``shots``), and the timeline has points."""
+    for chart, selector in (
+        ("chart-fleet", ".bars .point"),
+        ("chart-rate", ".bars .point"),
+        ("chart-perclos", ".bars .point"),
+        ("chart-timeline", ".scatterlayer .trace"),
+    ):
+        marks = page.locator(f"#{chart} {selector}").count()
+        assert marks > 0, f"{chart}: no marks drawn"
+        png = page.locator(f"#{chart}").screenshot(path=str(shots / f"{chart}.png"))
+        assert _chart_pixels(png) > 0.01, f"{chart}: screenshot is blank"
+    assert int(page.evaluate("document.body.dataset.timelinePoints")) > 0
 
 
 def _publish(port: int, device: str) -> None:

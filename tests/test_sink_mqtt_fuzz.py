@@ -1333,7 +1333,7 @@ def draw_dashboard(ledger: Ledger, shots: Path) -> None:
         _unavailable("Debian's chromium is not installed (make test installs it)")
     from playwright.sync_api import sync_playwright
 
-    from tests.test_fleet import _chart_pixels
+    from tests.test_fleet import assert_charts_drawn
 
     shots.mkdir()
     with sync_playwright() as p:
@@ -1348,17 +1348,7 @@ def draw_dashboard(ledger: Ledger, shots: Path) -> None:
         before = int(page.evaluate("Number(document.body.dataset.refreshes)"))
         page.select_option("#device", ANCHOR)
         page.wait_for_function(f"Number(document.body.dataset.refreshes) > {before}", timeout=30_000)
-        for chart, selector in (
-            ("chart-fleet", ".bars .point"),
-            ("chart-rate", ".bars .point"),
-            ("chart-perclos", ".bars .point"),
-            ("chart-timeline", ".scatterlayer .trace"),
-        ):
-            marks = page.locator(f"#{chart} {selector}").count()
-            assert marks > 0, f"{chart}: no marks drawn"
-            png = page.locator(f"#{chart}").screenshot(path=str(shots / f"{chart}.png"))
-            assert _chart_pixels(png) > 0.01, f"{chart}: screenshot is blank"
-        assert int(page.evaluate("document.body.dataset.timelinePoints")) > 0
+        assert_charts_drawn(page, shots)
         assert page.locator("#error").is_hidden(), page.locator("#error").text_content()
         text = page.locator("body").inner_text()
         assert "HTTP 500" not in text and "HTTP 5" not in text, text[:500]

@@ -143,6 +143,7 @@ class Detector:
         self._cooldown_until: dict[EventType, float] = {}
         self.blink_count = 0
         self.long_blink_count = 0
+        self._long_blinks_taken = 0  # long_blink_count at the last take_blinks()
         self.invalid_records = 0  # records built although the protocol refuses them (see _event)
         # Blink durations (ms) not yet summarised in a telemetry message: see take_blinks().
         self._blink_durations: list[int] = []
@@ -405,11 +406,15 @@ class Detector:
             self.long_blink_count += 1
         return []
 
-    def take_blinks(self) -> list[int]:
-        """The durations (ms) of the blinks since the last call: protocol v2 sends them in
-        telemetry instead of one event per blink."""
+    def take_blinks(self) -> tuple[list[int], int]:
+        """The blinks since the last call: each one's duration (ms) and how many long blinks
+        there were. Protocol v2 sends them in telemetry instead of one event per blink."""
         out, self._blink_durations = self._blink_durations, []
-        return out
+        long_blinks, self._long_blinks_taken = (
+            self.long_blink_count - self._long_blinks_taken,
+            self.long_blink_count,
+        )
+        return out, long_blinks
 
     # ----------------------------------------------------------------- microsleep / sleep
     def _deep_step(self, f: FrameFeatures, openness: float, closed: bool) -> list[Event]:
