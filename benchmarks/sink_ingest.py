@@ -9,7 +9,9 @@ like the agent's (48-frame feature window by default) through a real Mosquitto t
   (d) naive       a sink that validates and commits every message with SQLite defaults
 
 Events/s is messages / (last one stored - first one published); p99 is stored_at - the event's
-own time, per row.  Goal: sqlite/bare >= 0.8 and sqlite/naive >= 10.
+own time, per row.  Goal: sqlite/bare >= 0.8 and sqlite/naive >= 10.  ``cpu_us_per_event`` is
+the consumer process's own CPU time per message: the publishers and the broker share the same
+cores, so a consumer that costs more CPU per message leaves them less.
 
     python benchmarks/sink_ingest.py [--events 30000] [--publishers 3] [--json]
 """
@@ -150,6 +152,14 @@ def _wait_count(count: Any, n: int, timeout: float = 600) -> float:
 # ----------------------------------------------------------------------------- consumers
 
 
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) a process has used: this one, or ``pid``'s."""
+    if pid is None:
+        return sum(os.times()[:2])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def progress(what: str) -> None:
     print(f"[sink_ingest] {what} ...", file=sys.stderr, flush=True)
 
@@ -177,13 +187,19 @@ def run_bare(port: int, total: int, publishers: int, features: int) -> dict[str,
     c.connect("127.0.0.1", port, properties=props)
     c.loop_start()
     sub.wait(10)
+    c0 = cpu_s()
     t0, procs = publish(port, total, publishers, features, "bare")
     _wait_count(lambda: got[0], total)
+    cpu = cpu_s() - c0
     for p in procs:
         p.join()
     c.loop_stop()
     c.disconnect()
-    return {"events": got[0], "events_per_s": round(got[0] / (last[0] - t0), 1)}
+    return {
+        "events": got[0],
+        "events_per_s": round(got[0] / (last[0] - t0), 1),
+        "cpu_us_per_event": round(cpu / got[0] * 1e6, 1),
+    }
 
 
 def run_sink(
@@ -223,8 +239,10 @@ def run_sink(
         with store.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(schema.events)).scalar_one())
 
+    c0 = cpu_s(proc.pid)
     t0, procs = publish(port, total, publishers, features, tag, rate)
     t_end = _wait_count(count, total)
+    cpu = cpu_s(proc.pid) - c0
     for p in procs:
         p.join()
     with store.engine.connect() as conn:
@@ -240,6 +258,7 @@ def run_sink(
         "events_per_s": round(n / (t_end - t0), 1),
         "p50_ms": round(lat[n // 2], 1),
         "p99_ms": round(lat[min(n - 1, int(n * 0.99))], 1),
+        "cpu_us_per_event": round(cpu / n * 1e6, 1),
     }
 
 
@@ -384,7 +403,8 @@ def main() -> int:
             if k in out:
                 r = out[k]
                 p99 = f"  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms" if "p99_ms" in r else ""
-                print(f"  {k:<11} {r['events_per_s']:>9.1f} events/s{p99}")
+                cpu = f"  {r['cpu_us_per_event']} CPU us/event" if "cpu_us_per_event" in r else ""
+                print(f"  {k:<11} {r['events_per_s']:>9.1f} events/s{p99}{cpu}")
         print(f"  sqlite / bare  = {out['ratio_to_bare']}  (goal >= 0.8)")
         if "ratio_to_naive" in out:
             print(f"  sqlite / naive = {out['ratio_to_naive']}  (goal >= 10)")

@@ -84,8 +84,9 @@ class ClockWindow:
 
     def check(self, msg: BaseModel, now: datetime | None = None) -> str | None:
         now = now or datetime.now(timezone.utc)
+        fields = msg.__dict__  # not getattr(): a missing field costs pydantic an exception
         for name in ("time", "start_time", "raised_time", "end_time"):
-            t = getattr(msg, name, None)
+            t = fields.get(name)
             if not isinstance(t, datetime):
                 continue
             aware = t if t.tzinfo else t.replace(tzinfo=timezone.utc)
