@@ -4,13 +4,14 @@ frame → landmarks → features → detector → events.  Synchronous and free 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.config import EdgeConfig
+from edge_agent.inference.outputs import NO_MODELS, ModelOutputs
 from edge_agent.inference.runtime import EyeStateModel, TemporalModel, load_eye_state, load_temporal
 from edge_agent.perception.eyecrop import eye_crops
 from edge_agent.perception.features import FrameFeatures, compute_features, no_face, temporal_vector
@@ -25,6 +26,7 @@ class FrameResult:
     events: list[Event]
     face: Face | None = None
     faces: int = 0
+    models: ModelOutputs = NO_MODELS
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -88,6 +90,7 @@ class Pipeline:
         self.frames += 1
         dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
         self._last_t = t
+        outputs = NO_MODELS
         if driver is None:
             feats = no_face(t, index)
             if self.temporal is not None:
@@ -95,29 +98,30 @@ class Pipeline:
         else:
             self.frames_with_face += 1
             h, w = rgb.shape[:2]
-            prob = -1.0
+            feats = compute_features(driver.points, w, h, t, index, faces=len(faces))
+            eye_closed: float | None = None
             if self.eye_model is not None:
                 tm = time.perf_counter()
-                prob = float(self.eye_model.predict(eye_crops(frame, driver.points)).mean())
+                eye_closed = float(self.eye_model.predict(eye_crops(frame, driver.points)).mean())
                 t_models += time.perf_counter() - tm
-            feats = compute_features(driver.points, w, h, t, index, faces=len(faces), eye_prob=prob)
+            outputs = ModelOutputs(eye_closed=eye_closed)
             if self.temporal is not None:
-                d = self.detector
+                driver_now = self.detector.status()  # calibration before this frame
                 vector = temporal_vector(
-                    feats.ear / d.cal.baseline,
+                    feats.ear / driver_now.baseline_ear,
                     feats.ear,
                     feats.mar,
-                    d.cal.neutral_pitch - feats.pitch,
+                    driver_now.neutral_pitch - feats.pitch,
                     feats.iris_vis,
-                    prob,
+                    eye_closed,
                     dt,
                 )
                 tm = time.perf_counter()
                 closed_now, score = self.temporal.step(vector)
                 t_models += time.perf_counter() - tm
-                feats = replace(feats, eye_prob=closed_now, drowsy_score=score)
+                outputs = ModelOutputs(eye_closed=eye_closed, temporal_closed=closed_now, drowsy_score=score)
         t2 = time.perf_counter()
-        events = self.detector.update(feats)
+        events = self.detector.update(feats, outputs)
         t3 = time.perf_counter()
         # Where a frame's time goes (published in stats): landmarks dominate; the rest must not.
         self.stage_s = {
@@ -126,7 +130,7 @@ class Pipeline:
             "models": t_models,
             "detector": t3 - t2,
         }
-        return FrameResult(features=feats, events=events, face=driver, faces=len(faces))
+        return FrameResult(features=feats, events=events, face=driver, faces=len(faces), models=outputs)
 
     def camera_lost(self, t: float, index: int) -> list[Event]:
         return self.detector.camera_lost(t, index)

@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 
 from edge_agent.config import DetectorConfig, ModelsConfig
+from edge_agent.inference.outputs import ModelOutputs
 from edge_agent.perception.features import FrameFeatures
 from edge_agent.policy.detector import Detector
 from sleepsafe.protocol import DriverState, Event, EventType, Severity
@@ -29,11 +30,16 @@ def frame(t: float, i: int, ear: float = OPEN, **kw: float | bool) -> FrameFeatu
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
+def modelled(t: float, i: int, prob: float, ear: float = OPEN) -> tuple[FrameFeatures, ModelOutputs]:
+    """A frame and the eye-state model's P(closed) for it."""
+    return frame(t, i, ear=ear), ModelOutputs(eye_closed=prob)
+
+
 def run(
     det: Detector,
     fps: float,
     seconds: float,
-    make: Callable[[float, int], FrameFeatures],
+    make: Callable[[float, int], FrameFeatures | tuple[FrameFeatures, ModelOutputs]],
     t0: float = 0.0,
     i0: int = 0,
 ) -> tuple[list[Event], float, int]:
@@ -42,7 +48,8 @@ def run(
     n = round(seconds * fps)
     for k in range(n):
         t = t0 + k / fps
-        out += det.update(make(t, i0 + k))
+        x = make(t, i0 + k)
+        out += det.update(*x) if isinstance(x, tuple) else det.update(x)
     return out, t0 + n / fps, i0 + n
 
 
@@ -170,7 +177,7 @@ def test_look_down_with_visible_irises_is_not_a_closure(fps: float) -> None:
 
 def _with_model(fps: float, models: ModelsConfig) -> tuple[Detector, float, int]:
     det = Detector(DetectorConfig(), models=models)
-    _, t, i = run(det, fps, det.cfg.calibration_s + 1.0, lambda t, i: frame(t, i, eye_prob=0.01))
+    _, t, i = run(det, fps, det.cfg.calibration_s + 1.0, lambda t, i: modelled(t, i, 0.01))
     assert det.cal.done
     return det, t, i
 
@@ -181,7 +188,7 @@ def test_model_vetoes_an_ear_closure_it_sees_open(fps: float, prob: float, alarm
     """EAR says shut (openness 0.13); the eye-state model sees an open eye: no alarm.  When the
     model agrees, the microsleep comes as without a model."""
     det, t, i = _with_model(fps, ModelsConfig(enabled=True))
-    events, _, _ = run(det, fps, 2.0, lambda t, i: frame(t, i, ear=0.04, eye_prob=prob), t, i)
+    events, _, _ = run(det, fps, 2.0, lambda t, i: modelled(t, i, prob, ear=0.04), t, i)
     assert len(of(events, EventType.MICROSLEEP, "raised")) == alarms
 
 
@@ -193,7 +200,7 @@ def test_sure_model_does_not_overrule_ear_by_default(fps: float, strong: float |
     lets the model mark it shut."""
     models = ModelsConfig(enabled=True) if strong is None else ModelsConfig(enabled=True, strong_prob=strong)
     det, t, i = _with_model(fps, models)
-    events, _, _ = run(det, fps, 2.0, lambda t, i: frame(t, i, ear=0.08, eye_prob=1.0), t, i)
+    events, _, _ = run(det, fps, 2.0, lambda t, i: modelled(t, i, 1.0, ear=0.08), t, i)
     assert len(of(events, EventType.MICROSLEEP, "raised")) == alarms
 
 

@@ -153,15 +153,13 @@ class FrameFeatures:
     gaze_y: float = 0.0
     iris_vis: float = 0.0
     faces: int = 0
-    eye_prob: float = -1.0  # P(eyes closed) from the models (eye-state, or temporal); -1 when not run
-    drowsy_score: float = -1.0  # the temporal model's drowsiness score; -1 when not run
 
     def as_dict(self) -> dict[str, float | int | bool]:
         return asdict(self)
 
 
 def compute_features(
-    pts: Points, width: int, height: int, t: float, frame: int, faces: int = 1, eye_prob: float = -1.0
+    pts: Points, width: int, height: int, t: float, frame: int, faces: int = 1
 ) -> FrameFeatures:
     """All per-frame features of one face.  ``pts`` holds pixel coordinates, 478 rows."""
     el = eye_aspect_ratio(pts, LEFT_EYE)
@@ -185,7 +183,6 @@ def compute_features(
         gaze_y=(gl[1] + gr[1]) / 2.0,
         iris_vis=vis,
         faces=faces,
-        eye_prob=eye_prob,
     )
 
 
@@ -212,17 +209,17 @@ def temporal_vector(
     mar: float,
     pitch_drop_deg: float,
     iris_vis: float,
-    eye_prob: float,
+    eye_prob: float | None,
     dt: float,
 ) -> list[float]:
     """The temporal model's per-frame input, scaled to about unit range (shared by training and
-    the runtime).  ``eye_prob`` < 0 (no eye model) is fed as 0.5, 'no opinion'."""
+    the runtime).  ``eye_prob`` None or < 0 (no eye model) is fed as 0.5, 'no opinion'."""
     return [
         float(np.clip(openness, 0.0, 2.0)),
         float(np.clip(ear * 3.0, 0.0, 2.0)),
         float(np.clip(mar, 0.0, 2.0)),
         float(np.clip(pitch_drop_deg / 30.0, -2.0, 2.0)),
         float(np.clip(iris_vis, 0.0, 1.0)),
-        0.5 if eye_prob < 0 else float(eye_prob),
+        0.5 if eye_prob is None or eye_prob < 0 else float(eye_prob),
         float(np.clip(dt * 30.0, 0.0, 4.0)),
     ]

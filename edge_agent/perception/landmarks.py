@@ -8,7 +8,6 @@ say) implements :class:`LandmarkBackend` and registers itself in :data:`BACKENDS
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,6 +18,7 @@ import numpy.typing as npt
 
 from edge_agent.config import LandmarkConfig
 from edge_agent.perception.features import FEATURE_INDICES
+from edge_agent.perception.nativelog import filter_native_logs
 
 Frame = npt.NDArray[np.uint8]
 
@@ -94,7 +94,7 @@ class MediaPipeFaceMesh:
 
     def __init__(self, cfg: LandmarkConfig, full: bool = False, static: bool = False) -> None:
         """``static``: every image on its own (stills for training data), no tracking."""
-        os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
+        filter_native_logs()  # before the import: TFLite speaks when the graph is built
         import mediapipe as mp
 
         self.version = f"mediapipe-{mp.__version__}"
