@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
@@ -363,6 +363,14 @@ def replay_record(e: Event) -> dict[str, Any]:
     return rec
 
 
+class FrameFilter(Protocol):
+    """What a replay may do to the frames (``eval --degrade``): drop some, change the rest."""
+
+    def keep(self, t: float) -> bool: ...
+
+    def __call__(self, img: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]: ...
+
+
 @dataclass(slots=True)
 class ReplayResult:
     events: list[Event]  # finished records: phase 'ended' or 'instant'
@@ -381,7 +389,7 @@ def replay_clip(
     path: Path,
     on_finished: Callable[[Event], None] | None = None,
     preview: PreviewSink | None = None,
-    transform: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]] | None = None,
+    transform: FrameFilter | None = None,
 ) -> ReplayResult:
     """Run the full per-frame path on a clip as fast as possible, on the clip's own clock."""
     with_full = preview is not None
@@ -404,6 +412,10 @@ def replay_clip(
     try:
         frames: Iterator[tuple[int, float, Any]] = read_clip(path)
         for index, t, frame in frames:
+            if transform is not None and not transform.keep(t):
+                # A slower camera would not have seen this frame: the last decision holds.
+                face_flags.append(face_flags[-1] if face_flags else False)
+                continue
             img = transform(frame) if transform is not None else frame
             res = pipe.process(img, t, index)
             face_flags.append(res.features.face)

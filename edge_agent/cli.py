@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--degrade",
         default="",
-        help="comma-separated frame degradations applied before the agent: gray, 320x180, roll15",
+        help="comma-separated frame degradations applied before the agent: gray, ir1, ir2, ir3 "
+        "(near-infrared at night, three strengths), 320x180, roll15, 15fps",
     )
 
     sub.add_parser("check-config", help="validate the configuration and print it")

@@ -104,7 +104,21 @@ class DetectorConfig(Section):
     reopen_s: float = Field(
         0.1,
         ge=0,
-        description="Openness above `closed_ratio` this long ends a closure (a single noisy frame does not).",
+        description="Eyes clearly open (openness ≥ `reopen_ratio`, or a look-down) this long, with no shut "
+        "frame between, end a closure: a single noisy frame does not.",
+    )
+    reopen_ratio: float = Field(
+        0.35,
+        gt=0,
+        lt=1,
+        description="Openness a closed eye must reach to count as reopened. Frames between `closed_ratio` "
+        "and this (landmark jitter on a dark, noisy infrared frame) neither end a closure nor count as shut.",
+    )
+    closure_hold_s: float = Field(
+        0.4,
+        ge=0,
+        description="A closure ends anyway once no frame has been shut for this long, so eyes that hover "
+        "half-open (a look-down, a laugh) never add up to a closure.",
     )
     blink_depth_ratio: float = Field(
         0.4, gt=0, lt=1, description="A blink must reach an openness this low (squints and smiles don't)."
@@ -175,6 +189,10 @@ class DetectorConfig(Section):
     def _ordered(self) -> DetectorConfig:
         if self.blink_open_ratio < self.blink_close_ratio:
             raise ValueError("blink_open_ratio must be ≥ blink_close_ratio (hysteresis)")
+        if self.reopen_ratio < self.closed_ratio:
+            raise ValueError("reopen_ratio must be ≥ closed_ratio")
+        if self.closure_hold_s < self.reopen_s:
+            raise ValueError("closure_hold_s must be ≥ reopen_s")
         if self.sleep_s <= self.microsleep_s:
             raise ValueError("sleep_s must be greater than microsleep_s")
         if self.min_open_ear > self.max_open_ear:

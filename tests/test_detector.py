@@ -166,6 +166,75 @@ def test_one_noisy_open_frame_does_not_reset_a_closure(fps: float) -> None:
 
 
 @pytest.mark.parametrize("fps", FPS)
+def test_jittery_shut_eyes_of_a_night_camera_hold_the_closure(fps: float) -> None:
+    """Shut eyes as FaceMesh draws them on a dark, noisy infrared frame: mostly at openness
+    0.13, but every half second a run of frames (0.15 s) at 0.28, above "shut" and far below
+    open. The closure holds: MICROSLEEP and SLEEP in the same frames as without the jitter."""
+    cfg = DetectorConfig()
+    shut_for = cfg.sleep_s + 1.0
+
+    def alarms(jitter: bool) -> tuple[int, int, int]:
+        det, t, i = calibrated(fps, cfg)
+        start = t + 0.5
+
+        def closure(tt: float, k: int) -> FrameFeatures:
+            if not start <= tt < start + shut_for:
+                return frame(tt, k)
+            noisy = jitter and (tt - start) % 0.5 >= 0.35 and tt - start > 0.1
+            return frame(tt, k, ear=OPEN * (0.28 if noisy else 0.13), iris_vis=0.2)
+
+        events, _, _ = run(det, fps, shut_for + 2.0, closure, t, i)
+        ms, sl = of(events, EventType.MICROSLEEP, "raised"), of(events, EventType.SLEEP, "raised")
+        assert len(ms) == 1 and len(sl) == 1, [(e.type, e.phase) for e in events]
+        ended = of(events, EventType.SLEEP, "ended")
+        return ms[0].raised_frame, sl[0].raised_frame, ended[0].end_frame
+
+    clean, noisy = alarms(False), alarms(True)
+    assert noisy[:2] == clean[:2]
+    assert abs(noisy[2] - clean[2]) <= 1  # ends when the eyes open, not in the jitter
+
+
+@pytest.mark.parametrize("fps", FPS)
+def test_half_open_eyes_with_dips_never_add_up_to_a_closure(fps: float) -> None:
+    """Eyes hovering half-open (openness 0.27: a look-down the pitch does not show, a laugh)
+    with a single shut-looking frame every half second: each dip starts a closure that ends
+    after ``closure_hold_s`` without another shut frame, so none reaches a microsleep."""
+    cfg = DetectorConfig()
+    assert cfg.closure_hold_s < 0.5
+    det, t, i = calibrated(fps, cfg)
+    start = t
+
+    def hovering(tt: float, k: int) -> FrameFeatures:
+        dip = (tt - start) % 0.5 < 0.5 / fps
+        return frame(tt, k, ear=OPEN * (0.15 if dip else 0.27), iris_vis=0.2)
+
+    events, _, _ = run(det, fps, 6.0, hovering, t, i)
+    assert not of(events, EventType.MICROSLEEP) and not of(events, EventType.SLEEP)
+
+
+def test_closure_ends_on_eyes_clearly_open_or_after_the_hold() -> None:
+    """The closure holder alone, on its rules."""
+    from edge_agent.policy.closure import Closure
+
+    cfg = DetectorConfig()
+    c = Closure(cfg)
+    assert not c.step(0.0, 0, shut=True, openness=0.1, looking_down=False) and c.start == (0.0, 0)
+    # Jitter below reopen_ratio: held until closure_hold_s after the last shut frame.
+    assert not c.step(0.1, 1, shut=False, openness=cfg.reopen_ratio - 0.01, looking_down=False)
+    assert c.step(cfg.closure_hold_s, 2, shut=False, openness=0.3, looking_down=False) and c.start is None
+    # Clearly open for reopen_s ends it sooner; a shut frame between starts the count again.
+    c.step(1.0, 3, shut=True, openness=0.1, looking_down=False)
+    assert not c.step(1.04, 4, shut=False, openness=0.9, looking_down=False)
+    assert not c.step(1.08, 5, shut=True, openness=0.1, looking_down=False)
+    assert not c.step(1.12, 6, shut=False, openness=0.9, looking_down=False)
+    assert c.step(1.12 + cfg.reopen_s, 7, shut=False, openness=0.9, looking_down=False)
+    # A look-down counts as open, whatever EAR says.
+    c.step(2.0, 8, shut=True, openness=0.1, looking_down=False)
+    c.step(2.04, 9, shut=False, openness=0.25, looking_down=True)
+    assert c.step(2.04 + cfg.reopen_s, 10, shut=False, openness=0.25, looking_down=True)
+
+
+@pytest.mark.parametrize("fps", FPS)
 def test_look_down_with_visible_irises_is_not_a_closure(fps: float) -> None:
     cfg = DetectorConfig()
     det, t, i = calibrated(fps, cfg)

@@ -13,6 +13,7 @@ Clips or label rows it cannot use are reported under ``problems``, never silentl
 from __future__ import annotations
 
 import csv
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,25 +54,88 @@ def _roll15(img: Image) -> Image:
     return out
 
 
-# Degraded views of the real clips: an IR camera (no colour), a cheap low-resolution camera,
-# a driver leaning the head.  Applied to every frame before the agent sees it.
-DEGRADATIONS: dict[str, Callable[[Image], Image]] = {"gray": _gray, "320x180": _small, "roll15": _roll15}
+@dataclass(frozen=True, slots=True)
+class NearInfrared:
+    """A near-infrared cabin camera at night: monochrome, dark (a gamma curve and less
+    contrast), sensor noise and a slightly soft lens.  The noise of a frame is seeded from the
+    frame itself, so every replay of a clip sees the same noise (deterministic figures)."""
+
+    gamma: float  # > 1 darkens the mid-tones
+    contrast: float  # the range the scene keeps, 0-1
+    noise: float  # sensor noise, standard deviation in grey levels (0-255)
+    blur: int  # Gaussian kernel, odd pixels (1: none)
+
+    def __call__(self, img: Image) -> Image:
+        g = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img
+        x = (g.astype(np.float32) / 255.0) ** self.gamma * self.contrast
+        if self.blur > 1:
+            x = cv2.GaussianBlur(x, (self.blur, self.blur), 0)
+        rng = np.random.default_rng(zlib.crc32(np.ascontiguousarray(g[::8, ::8]).tobytes()))
+        x = x * 255.0 + rng.normal(0.0, self.noise, x.shape).astype(np.float32)
+        out: Image = np.clip(x, 0, 255).astype(np.uint8)
+        return out
 
 
-def compose(names: list[str]) -> Callable[[Image], Image] | None:
-    unknown = [n for n in names if n not in DEGRADATIONS]
-    if unknown:
-        raise ValueError(f"unknown degradation {', '.join(unknown)}; known: {', '.join(DEGRADATIONS)}")
-    if not names:
-        return None
-    fns = [DEGRADATIONS[n] for n in names]
+# Three strengths: a cabin at dusk, a night, a night with a noisier sensor and a softer lens.
+# Darker still (gamma 1.9-2.0 with contrast 0.6-0.65) FaceMesh draws shut lids at openness
+# 0.2-0.34, where open, downcast eyes also lie: see docs/evaluation.md, "Night-time infrared".
+IR_LEVELS = {
+    "ir1": NearInfrared(gamma=1.5, contrast=0.8, noise=4.0, blur=3),
+    "ir2": NearInfrared(gamma=1.8, contrast=0.7, noise=6.0, blur=3),
+    "ir3": NearInfrared(gamma=1.8, contrast=0.7, noise=8.0, blur=5),
+}
 
-    def apply(img: Image) -> Image:
-        for fn in fns:
+
+class LowFrameRate:
+    """A camera of at most ``fps`` frames a second: the frames in between are dropped (the
+    agent keeps its last decision for them, as it would on the vehicle)."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+
+    def keep(self, t: float, last_kept: float | None) -> bool:
+        return last_kept is None or t - last_kept >= 1.0 / self.fps - 1e-6
+
+
+# Degraded views of the real clips: a camera without colour, near-infrared cameras at night, a
+# cheap low-resolution camera, a driver leaning the head, a 15 fps camera.  Applied to every
+# frame before the agent sees it.
+DEGRADATIONS: dict[str, Callable[[Image], Image] | LowFrameRate] = {
+    "gray": _gray,
+    **IR_LEVELS,
+    "320x180": _small,
+    "roll15": _roll15,
+    "15fps": LowFrameRate(15.0),
+}
+
+
+class Degrade:
+    """Degradations in the order given: frame rates decide which frames reach the agent, the
+    rest transform each frame."""
+
+    def __init__(self, names: list[str]) -> None:
+        steps = [DEGRADATIONS[n] for n in names]
+        self.rates = [s for s in steps if isinstance(s, LowFrameRate)]
+        self.images = [s for s in steps if not isinstance(s, LowFrameRate)]
+        self._last_kept: float | None = None
+
+    def keep(self, t: float) -> bool:
+        if all(r.keep(t, self._last_kept) for r in self.rates):
+            self._last_kept = t
+            return True
+        return False
+
+    def __call__(self, img: Image) -> Image:
+        for fn in self.images:
             img = fn(img)
         return img
 
-    return apply
+
+def compose(names: list[str]) -> Degrade | None:
+    unknown = [n for n in names if n not in DEGRADATIONS]
+    if unknown:
+        raise ValueError(f"unknown degradation {', '.join(unknown)}; known: {', '.join(DEGRADATIONS)}")
+    return Degrade(names) if names else None
 
 
 KNOWN_LABELS = ("face", "no_face", "blink", "closed", "look_down", "squint_smile", "unsure")
@@ -262,7 +326,6 @@ def evaluate(
 ) -> dict[str, Any]:
     """Replay every labelled clip (or the ``only`` ones: a leave-one-subject-out model is scored
     on its own subject's clips) and score it against its labels."""
-    transform = compose(degrade or [])
     labels, problems = read_labels(label_files)
     by_clip: dict[str, list[Label]] = defaultdict(list)
     for lab in labels:
@@ -281,7 +344,7 @@ def evaluate(
             )
             continue
         try:
-            res = replay_clip(cfg, path, transform=transform)
+            res = replay_clip(cfg, path, transform=compose(degrade or []))  # fresh per clip
         except Exception as err:  # noqa: BLE001 - one broken clip must not hide the others' scores
             problems.append(f"{name}: replay failed: {type(err).__name__}: {err}")
             continue

@@ -85,30 +85,43 @@ class BlinkTracker:
 
 
 class Closure:
-    """A deep closure in progress: it starts at the first shut frame and ends only once the
-    eyes have been open for ``reopen_s`` (a single noisy frame does not end it)."""
+    """A deep closure in progress.  It starts at the first shut frame.  It ends once the eyes
+    have been clearly open (openness ≥ ``reopen_ratio``, or a look-down) for ``reopen_s`` with
+    no shut frame between, or once no frame at all has been shut for ``closure_hold_s``.
+
+    Frames in between (above ``closed_ratio``, below ``reopen_ratio``) are what landmark jitter
+    makes of shut lids on a dark, noisy infrared frame: one or a few of them must not end the
+    closure of a driver who is asleep, and a run of them longer than ``closure_hold_s`` (eyes
+    hovering half-open in a look-down or a laugh) ends it, so they never add up to a closure."""
 
     def __init__(self, cfg: DetectorConfig) -> None:
         self.cfg = cfg
         self.start: tuple[float, int] | None = None
+        self._last_shut = 0.0
         self._open_since: float | None = None
 
     def reset(self) -> None:
         self.start = None
         self._open_since = None
 
-    def step(self, t: float, frame: int, shut: bool) -> bool:
+    def step(self, t: float, frame: int, shut: bool, openness: float, looking_down: bool) -> bool:
         """Feed one face frame; True if the closure ended in it (then ``start`` is None)."""
-        if self.start is None:
-            if shut:
-                self.start = (t, frame)
-            return False
         if shut:
+            if self.start is None:
+                self.start = (t, frame)
+            self._last_shut = t
             self._open_since = None
             return False
-        if self._open_since is None:
-            self._open_since = t
-        if t - self._open_since >= self.cfg.reopen_s:
+        if self.start is None:
+            return False
+        cfg = self.cfg
+        if openness >= cfg.reopen_ratio or looking_down:
+            if self._open_since is None:
+                self._open_since = t
+            if t - self._open_since >= cfg.reopen_s:
+                self.reset()
+                return True
+        if t - self._last_shut >= cfg.closure_hold_s:
             self.reset()
             return True
         return False

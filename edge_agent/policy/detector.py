@@ -144,7 +144,7 @@ class Detector:
             self.perclos.add(f.t, dt, shut)
             self._expire(f.t)
             out += self._blink_step(f, openness, m.closed, down)
-            out += self._closure_step(f, shut)
+            out += self._closure_step(f, shut, openness, down)
             out += self._yawn_step(f)
             out += self._nod_step(f)
             out += self._distraction_step(f, dt, openness)
@@ -266,11 +266,13 @@ class Detector:
             self._blink_durations.append(round(b.duration_s * 1000))
         return [self._instant(EventType.BLINK, f, b.start_t, b.start_frame)]
 
-    def _closure_step(self, f: FrameFeatures, shut: bool) -> list[Event]:
-        if self.closure.step(f.t, f.frame, shut):
+    def _closure_step(self, f: FrameFeatures, shut: bool, openness: float, down: bool) -> list[Event]:
+        if self.closure.step(f.t, f.frame, shut, openness, down):
             return self._end_alerts(f, EventType.SLEEP, EventType.MICROSLEEP)
-        if not shut or self.closure.start is None:
+        if self.closure.start is None:
             return []
+        # Raised while the closure holds, in a shut frame or a jittery one between: holding is
+        # the evidence that the eyes have not reopened.
         out: list[Event] = []
         start_t, start_frame = self.closure.start
         closed_for = f.t - start_t
