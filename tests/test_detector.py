@@ -187,7 +187,7 @@ def test_jittery_shut_eyes_of_a_night_camera_hold_the_closure(fps: float) -> Non
         ms, sl = of(events, EventType.MICROSLEEP, "raised"), of(events, EventType.SLEEP, "raised")
         assert len(ms) == 1 and len(sl) == 1, [(e.type, e.phase) for e in events]
         ended = of(events, EventType.SLEEP, "ended")
-        return ms[0].raised_frame, sl[0].raised_frame, ended[0].end_frame
+        return ms[0].raised_frame or 0, sl[0].raised_frame or 0, ended[0].end_frame or 0
 
     clean, noisy = alarms(False), alarms(True)
     assert noisy[:2] == clean[:2]
