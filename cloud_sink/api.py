@@ -12,6 +12,7 @@ script cannot starve the ingest of database time.
 import hashlib
 import hmac
 import time
+import uuid
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Path as FPath
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import parse as parse_limit
@@ -27,13 +29,15 @@ from limits.strategies import MovingWindowRateLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, Field
 
 from sleepsafe import __version__
 from sleepsafe.protocol import EventType
 
 from .config import SinkConfig
 from .ingest import Ingest, Metrics
-from .store import Store
+from .labels import EventLabel
+from .store import Store, UnknownEvent
 from .validate import DEVICE_RE
 
 log = structlog.get_logger(__name__)
@@ -78,6 +82,19 @@ class _StoreCollector(Collector):
                 fps.add_metric([d["device_id"]], d["fps"])
         yield spool
         yield fps
+
+
+class LabelIn(BaseModel):
+    """A person's verdict on an alert."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: EventLabel = Field(
+        description="confirmed: a real alert; false_alarm: nothing was wrong; unsure: cannot tell."
+    )
+    labeller: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@ -]{0,63}$", description="Who says so (a name or an e-mail)."
+    )
+    note: str = Field("", max_length=500, pattern=r"^[^\x00]*$", description="Why, in a few words.")
 
 
 def _plotly_js() -> Path:
@@ -187,6 +204,29 @@ def create_app(
             limit=limit,
             offset=offset,
         )
+
+    EventId = Annotated[
+        uuid.UUID, FPath(description="The event's id (the same for its raised and ended records).")
+    ]
+
+    @app.get("/events/{event_id}", tags=["events"], summary="One event: its records, window and labels")
+    def one_event(_: Auth, event_id: EventId) -> dict[str, Any]:
+        try:
+            return store.event(str(event_id))
+        except UnknownEvent:
+            raise HTTPException(404, f"no event {event_id}") from None
+
+    @app.post(
+        "/events/{event_id}/label",
+        tags=["events"],
+        status_code=201,
+        summary="Label an event (confirmed, false_alarm, unsure); every label is kept, with what it replaced",
+    )
+    def label_event(_: Auth, event_id: EventId, body: LabelIn) -> dict[str, Any]:
+        try:
+            return store.label_event(str(event_id), body.label, body.labeller, body.note)
+        except UnknownEvent:
+            raise HTTPException(404, f"no event {event_id}") from None
 
     @app.get("/devices", tags=["fleet"], summary="Vehicles: last seen, online, spool depth, models")
     def devices(_: Auth) -> list[dict[str, Any]]:

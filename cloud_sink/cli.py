@@ -21,6 +21,7 @@ from sleepsafe.redact import redacted
 from sleepsafe.settings import ConfigError, parse_overrides
 
 from .config import DEFAULT_SINK_CONFIG_PATH, load_sink_config
+from .labels import EVENT_LABELS
 
 if TYPE_CHECKING:
     from .config import SinkConfig
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="delete rows older than store.retain_days now and exit")
     pr.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     pr.add_argument("--json", action="store_true", help="print the counts as JSON")
+    lb = sub.add_parser("label", help="label an event (confirmed, false_alarm, unsure) and exit")
+    lb.add_argument("event_id", help="the event's id (as in /events and the dashboard)")
+    lb.add_argument("--as", dest="label", required=True, choices=EVENT_LABELS, help="the verdict")
+    lb.add_argument("--note", default="", help="why, in a few words")
+    lb.add_argument("--by", default=None, help="who says so (default: $USER)")
+    lb.add_argument("--json", action="store_true", help="print the label as JSON")
     add_install_args(
         sub.add_parser("install-service", help="install (or remove) the systemd service"), "sink"
     )
@@ -96,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 out["dead_letters"] = store.dead_letters(args.dead_letters)
             print(json.dumps(out, indent=2))
             return 0
+        if args.command == "label":
+            return _cmd_label(store, args)
         if args.command == "prune":
             return _cmd_prune(cfg, store, dry_run=args.dry_run, as_json=args.json)
         from .service import serve
@@ -107,6 +116,29 @@ def main(argv: list[str] | None = None) -> int:
         return _die(Exit.UNAVAILABLE, str(err))
     except KeyboardInterrupt:
         return 130
+
+
+def _cmd_label(store: Store, args: argparse.Namespace) -> int:
+    import getpass
+    import uuid
+
+    from .store import UnknownEvent
+
+    try:
+        event_id = str(uuid.UUID(args.event_id))
+    except ValueError:
+        return _die(Exit.USAGE, f"label: {args.event_id[:80]!r} is not an event id (a UUID)")
+    by = args.by or getpass.getuser()
+    try:
+        row = store.label_event(event_id, args.label, by, args.note)
+    except UnknownEvent:
+        return _die(Exit.NOINPUT, f"label: no event {event_id} in {store.safe_url}")
+    if args.json:
+        print(json.dumps({"event_id": event_id, **row}))
+    else:
+        was = f" (was {row['previous']})" if row["previous"] else ""
+        print(f"{event_id}: {row['label']}{was}, by {row['labeller']}")
+    return 0
 
 
 def _cmd_prune(cfg: SinkConfig, store: Store, *, dry_run: bool, as_json: bool) -> int:

@@ -131,3 +131,19 @@ dead_letters = Table(
     Column("times_seen", Integer, nullable=False),
     Index("ix_dead_letters_last_seen", "last_seen"),
 )
+
+# What people say of an alert (POST /events/{event_id}/label): append-only, so every row is
+# also the audit record (who, when, the label it replaced). Never pruned: these are the
+# training labels the fleet produces.
+event_labels = Table(
+    "event_labels",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False),
+    Column("label", String(16), nullable=False),
+    Column("previous", String(16)),
+    Column("note", Text, nullable=False),
+    Column("labeller", String(64), nullable=False),
+    Column("time", DateTime, nullable=False),
+    Index("ix_event_labels_event_id", "event_id", "id"),
+)

@@ -27,6 +27,7 @@ from sleepsafe.protocol import Event, EventV2, FeatureWindow, Stats, Status, Tel
 
 from . import schema
 from .config import RetentionConfig
+from .labels import EVENT_LABELS
 from .validate import Rejected, Valid
 
 log = structlog.get_logger(__name__)
@@ -65,6 +66,10 @@ class WriteResult:
 
 class StoreError(RuntimeError):
     pass
+
+
+class UnknownEvent(LookupError):
+    """No event with this id is stored (it never arrived, or retention removed it)."""
 
 
 def _insert(conn: Connection) -> Any:
@@ -280,6 +285,7 @@ class Store:
                     ("devices", schema.devices),
                     ("status_log", schema.status_log),
                     ("dead_letters", schema.dead_letters),
+                    ("event_labels", schema.event_labels),
                 )
             }
 
@@ -308,6 +314,68 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(q.order_by(*order).limit(limit).offset(offset)).mappings().all()
         return [_event_out(r) for r in rows]
+
+    def event(self, event_id: str) -> dict[str, Any]:
+        """One event: its records (raised, ended, or the instant one, with the feature window),
+        its current label and every label it was given, oldest first (the audit trail)."""
+        e, lab = schema.events.c, schema.event_labels.c
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(select(schema.events).where(e.event_id == event_id).order_by(e.id))
+                .mappings()
+                .all()
+            )
+            if not rows:
+                raise UnknownEvent(event_id)
+            labels = (
+                conn.execute(select(schema.event_labels).where(lab.event_id == event_id).order_by(lab.id))
+                .mappings()
+                .all()
+            )
+        records = []
+        for r in rows:
+            d = _times_out(dict(r))
+            d["window"] = d.pop("features")
+            records.append(d)
+        history = [_label_out(r) for r in labels]
+        first = records[0]
+        return {
+            "event_id": event_id,
+            "device_id": first["device_id"],
+            "type": first["type"],
+            "severity": first["severity"],
+            "start_time": first["start_time"],
+            "records": records,
+            "label": history[-1]["label"] if history else None,
+            "labels": history,
+        }
+
+    def label_event(
+        self, event_id: str, label: str, labeller: str, note: str = "", now: datetime | None = None
+    ) -> dict[str, Any]:
+        """Record ``label`` for the event, keeping what it replaces: a new row each time, never
+        an update, so who said what and when stays readable."""
+        if label not in EVENT_LABELS:
+            raise ValueError(f"unknown label {label!r} (known: {', '.join(EVENT_LABELS)})")
+        e, lab = schema.events.c, schema.event_labels.c
+        row = {
+            "event_id": event_id,
+            "label": label,
+            "note": note,
+            "labeller": labeller,
+            "time": utc(now or now_utc()),
+        }
+        with self.engine.begin() as conn:
+            if conn.execute(select(e.id).where(e.event_id == event_id).limit(1)).first() is None:
+                raise UnknownEvent(event_id)
+            row["previous"] = conn.execute(
+                select(lab.label).where(lab.event_id == event_id).order_by(lab.id.desc()).limit(1)
+            ).scalar()
+            conn.execute(schema.event_labels.insert().values(**row))
+        log.info(
+            "event_labelled", event_id=event_id, label=label, previous=row["previous"], labeller=labeller
+        )
+        return _label_out(row)
 
     def recent_events(self, limit: int = 50, phase: str | None = None) -> list[dict[str, Any]]:
         e = schema.events.c
@@ -659,6 +727,11 @@ def _iso(dt: datetime | None) -> str | None:
 
 def _times_out(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in d.items()}
+
+
+def _label_out(r: Any) -> dict[str, Any]:
+    d = _times_out({k: r[k] for k in ("label", "previous", "note", "labeller", "time")})
+    return d
 
 
 def _event_out(r: Any) -> dict[str, Any]:

@@ -75,8 +75,14 @@ def test_prune_deletes_what_is_older_than_its_retention_by_stored_at(db_url: str
     store = Store(db_url)
     try:
         fill(store)
+        # A label on an event that retention removes: labels are the fleet's training data and
+        # are never pruned.
+        pruned = sorted(event_ids(store) - {eid(7), eid(10), eid(11), eid(12)})[0]
+        store.label_event(pruned.split("/")[0], "confirmed", "ops")
         before = store.counts()
-        assert before == {"events": 11, "telemetry": 9, "devices": 1, "status_log": 3, "dead_letters": 5}
+        assert before == {
+            "events": 11, "telemetry": 9, "devices": 1, "status_log": 3, "dead_letters": 5, "event_labels": 1,
+        }  # fmt: skip
 
         assert store.prune(now=NOW, dry_run=True) == EXPECTED  # the configured defaults
         assert store.counts() == before, "a dry run deleted something"
@@ -88,6 +94,7 @@ def test_prune_deletes_what_is_older_than_its_retention_by_stored_at(db_url: str
             "devices": 1,
             "status_log": 1,
             "dead_letters": 3,
+            "event_labels": 1,
         }
         # The boundary row (exactly 365 days) stays; the badly clocked but fresh rows stay.
         assert event_ids(store) == {eid(7), eid(10), eid(11), eid(12)}
@@ -219,6 +226,7 @@ def test_cli_prune_dry_run_json_and_prune(
             "devices": 1,
             "status_log": 1,
             "dead_letters": 3,
+            "event_labels": 0,
         }
     finally:
         store.close()
