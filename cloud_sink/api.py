@@ -11,9 +11,11 @@ script cannot starve the ingest of database time.
 
 import hashlib
 import hmac
+import json
 import time
 import uuid
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,13 +34,13 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
 from sleepsafe import __version__
-from sleepsafe.protocol import EventType
+from sleepsafe.protocol import EventType, topic
 
 from .config import SinkConfig
 from .ingest import Ingest, Metrics
 from .labels import EventLabel
-from .store import Store, UnknownEvent
-from .validate import DEVICE_RE
+from .store import Store, UnknownEvent, WriteResult, one_line
+from .validate import DEVICE_RE, ClockWindow, Rejected, Valid, validate
 
 log = structlog.get_logger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -97,6 +99,12 @@ class LabelIn(BaseModel):
     note: str = Field("", max_length=500, pattern=r"^[^\x00]*$", description="Why, in a few words.")
 
 
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key: str  # a short digest of the token, for rate limits and logs
+    device: str | None  # the one vehicle a device token writes for; None: an operator
+
+
 def _plotly_js() -> Path:
     return Path(str(resources.files("plotly") / "package_data" / "plotly.min.js"))
 
@@ -111,6 +119,8 @@ def create_app(
             f"$CREDENTIALS_DIRECTORY/{cfg.api.token_credential} (or api.enabled=false)"
         )
     digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+    # Device tokens write (HTTP ingest) for their one vehicle and read nothing.
+    device_digests = [(hashlib.sha256(t.encode()).digest(), d) for t, d in cfg.device_tokens().items()]
     limiter = MovingWindowRateLimiter(MemoryStorage())
     limit = parse_limit(cfg.api.rate_limit)
     metrics = metrics or (ingest.metrics if ingest else Metrics())
@@ -124,14 +134,16 @@ def create_app(
         "Authenticate with `Authorization: Bearer <token>`; requests are rate-limited per token.",
     )
 
-    def auth(
-        response: Response, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-    ) -> str:
+    def principal(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+        """Who is asking: an operator (any token of api.tokens) or one vehicle (its device token)."""
         if cred is None or cred.scheme.lower() != "bearer":
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
         got = hashlib.sha256(cred.credentials.encode()).digest()
+        device: str | None = None
         if not any(hmac.compare_digest(got, d) for d in digests):
-            raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+            device = next((dev for d, dev in device_digests if hmac.compare_digest(got, d)), None)
+            if device is None:
+                raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
         key = got.hex()[:16]
         if not limiter.hit(limit, key):
             reset, _remaining = limiter.get_window_stats(limit, key)
@@ -139,7 +151,13 @@ def create_app(
             raise HTTPException(
                 429, f"rate limit {cfg.api.rate_limit} exceeded", headers={"Retry-After": str(retry)}
             )
-        return key
+        return Principal(key, device)
+
+    def auth(who: Annotated[Principal, Depends(principal)]) -> str:
+        """Operators only: a device token reads nothing of the fleet."""
+        if who.device is not None:
+            raise HTTPException(403, "a device token may only send its own vehicle's messages")
+        return who.key
 
     Auth = Annotated[str, Depends(auth)]
     Device = Annotated[str | None, Query(pattern=DEVICE_PATTERN, max_length=64, description="Vehicle id.")]
@@ -228,6 +246,106 @@ def create_app(
         except UnknownEvent:
             raise HTTPException(404, f"no event {event_id}") from None
 
+    Writer = Annotated[Principal, Depends(principal)]
+    Kind = Annotated[
+        str,
+        FPath(
+            pattern="^(event|telemetry|status|stats)$",
+            description="Message kind, as the MQTT topic's last level.",
+        ),
+    ]
+    clock = ClockWindow(
+        timedelta(days=cfg.store.accept_past_days), timedelta(seconds=cfg.store.accept_future_s)
+    )
+    max_bytes = cfg.store.max_payload_bytes
+
+    def _may_write(who: Principal, device: str) -> None:
+        if who.device is not None and who.device != device:
+            raise HTTPException(403, f"this device token writes for {who.device!r}, not {device[:64]!r}")
+
+    def _store(items: list[Valid | Rejected]) -> WriteResult:
+        try:
+            return store.write_isolating(items)
+        except Exception as err:  # noqa: BLE001 - the database is down: the sender retries
+            log.error("sink_http_ingest_failed", error=one_line(err), messages=len(items))
+            raise HTTPException(
+                503, "database unavailable: send again later", headers={"Retry-After": "10"}
+            ) from None
+
+    @app.post(
+        "/telemetry/{device_id}/{kind}",
+        tags=["ingest"],
+        summary="One message over HTTP, the body as on MQTT topic sleepsafe/v1/DEVICE/KIND",
+        responses={
+            201: {"description": "stored, or already stored"},
+            422: {"description": "kept as a dead letter"},
+        },
+    )
+    async def ingest_one(
+        request: Request,
+        response: Response,
+        who: Writer,
+        device_id: Annotated[str, FPath(max_length=64, description="Vehicle id.")],
+        kind: Kind,
+    ) -> dict[str, Any]:
+        _may_write(who, device_id)
+        body = await request.body()
+        item = validate(topic(device_id, kind), body, max_bytes, clock)  # type: ignore[arg-type]
+        items: list[Valid | Rejected] = [item]
+        res = _store(items)
+        if isinstance(items[0], Rejected):
+            response.status_code = 422
+            return {"result": "dead_letter", "code": items[0].code, "reason": items[0].reason}
+        response.status_code = 201
+        return {"result": "duplicate" if res.duplicates else "stored", "kind": kind}
+
+    @app.post(
+        "/telemetry/batch",
+        tags=["ingest"],
+        summary="Many messages over HTTP: a JSON array of {device_id, kind, message}",
+    )
+    async def ingest_batch(request: Request, response: Response, who: Writer) -> dict[str, Any]:
+        body = await request.body()
+        if len(body) > max_bytes * 64:
+            raise HTTPException(
+                413, f"batch of {len(body)} bytes > {max_bytes * 64}: send fewer messages at once"
+            )
+        entries = _batch_entries(body)
+        if isinstance(entries, str):  # not a batch at all: the whole body is the dead letter
+            _store([Rejected("http:/telemetry/batch", body, entries, "json")])
+            response.status_code = 422
+            return {
+                "stored": 0,
+                "duplicates": 0,
+                "dead_letters": 1,
+                "rejected": [{"index": None, "reason": entries}],
+            }
+        if len(entries) > cfg.api.ingest_max_batch:
+            raise HTTPException(
+                413, f"{len(entries)} messages > api.ingest_max_batch {cfg.api.ingest_max_batch}"
+            )
+        for device, _kind, _raw in entries:
+            if isinstance(device, str):
+                _may_write(who, device)
+        items: list[Valid | Rejected] = []
+        for i, (device, kind, raw) in enumerate(entries):
+            if not isinstance(device, str) or not isinstance(kind, str):
+                items.append(
+                    Rejected("http:/telemetry/batch", raw, f"message {i}: needs device_id and kind", "topic")
+                )
+            else:
+                items.append(validate(topic(device, kind), raw, max_bytes, clock))  # type: ignore[arg-type]
+        res = _store(items)
+        rejected = [
+            {"index": i, "reason": it.reason} for i, it in enumerate(items) if isinstance(it, Rejected)
+        ]
+        return {
+            "stored": sum(res.stored.values()),
+            "duplicates": res.duplicates,
+            "dead_letters": len(rejected),
+            "rejected": rejected[:100],
+        }
+
     @app.get("/devices", tags=["fleet"], summary="Vehicles: last seen, online, spool depth, models")
     def devices(_: Auth) -> list[dict[str, Any]]:
         return store.devices()
@@ -260,3 +378,24 @@ def create_app(
         return FileResponse(path)
 
     return app
+
+
+def _batch_entries(body: bytes) -> list[tuple[Any, Any, bytes]] | str:
+    """(device_id, kind, the message's own bytes) of each entry, or why the body is no batch."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as err:
+        return f"batch is not JSON: {str(err)[:200]}"
+    if not isinstance(data, list):
+        return f"batch is a JSON {type(data).__name__}, not an array of {{device_id, kind, message}}"
+    out = []
+    for entry in data:
+        if not isinstance(entry, dict):
+            out.append((None, None, json.dumps(entry).encode()))
+            continue
+        try:
+            raw = json.dumps(entry.get("message")).encode()
+        except (ValueError, RecursionError):  # pragma: no cover - json.loads gave it back
+            raw = b""
+        out.append((entry.get("device_id"), entry.get("kind"), raw))
+    return out

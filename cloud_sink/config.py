@@ -146,6 +146,14 @@ class ApiConfig(Section):
         default_factory=list,
         description="Bearer tokens accepted by the API; prefer `token_credential`.",
     )
+    device_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Vehicle id → a token that may only send that vehicle's messages over HTTP "
+        "(POST /telemetry), for devices that cannot hold an MQTT session; it reads nothing.",
+    )
+    ingest_max_batch: int = Field(
+        1000, ge=1, le=100_000, description="Most messages one POST /telemetry/batch may carry."
+    )
     token_credential: str = Field(
         "api-token",
         description="File in $CREDENTIALS_DIRECTORY holding tokens, one per line (systemd LoadCredential=).",
@@ -156,6 +164,20 @@ class ApiConfig(Section):
     )
     max_page: int = Field(1000, ge=1, le=100_000, description="Most rows one /events request returns.")
     dashboard_refresh_s: float = Field(5.0, gt=0, description="How often the dashboard page refreshes.")
+
+    @field_validator("device_tokens")
+    @classmethod
+    def _device_ids(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        import re
+
+        from sleepsafe.protocol import DEVICE_ID_PATTERN, RESERVED_DEVICE_IDS
+
+        for device, token in v.items():
+            if not re.match(DEVICE_ID_PATTERN, device) or device in RESERVED_DEVICE_IDS:
+                raise ValueError(f"{device[:80]!r} is not a vehicle id")
+            if len(token.get_secret_value()) < 16:
+                raise ValueError(f"the token of {device!r} is shorter than 16 characters")
+        return v
 
     @field_validator("rate_limit")
     @classmethod
@@ -196,6 +218,10 @@ class SinkConfig(TomlSettings):
             if line and not line.startswith("#"):
                 tokens.append(line)
         return [t for t in tokens if t]
+
+    def device_tokens(self) -> dict[str, str]:
+        """Token → the one vehicle it may write for."""
+        return {t.get_secret_value(): device for device, t in self.api.device_tokens.items()}
 
 
 def load_sink_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> SinkConfig:

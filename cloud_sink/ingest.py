@@ -37,7 +37,7 @@ from sleepsafe.protocol import (
 )
 
 from .config import SinkConfig
-from .store import Store, WriteResult, one_line
+from .store import Store, one_line
 from .validate import ClockWindow, Rejected, Valid, parse_topic, validate
 
 log = structlog.get_logger(__name__)
@@ -333,37 +333,11 @@ class Ingest:
                 continue
             self.client.publish(topic(device, "receipt"), msg.model_dump_json(), qos=1)
 
-    def _write_isolating(self, items: list[Valid | Rejected]) -> WriteResult:
-        """Write the batch; if the database refuses it while it is reachable, the fault is in
-        a row, not the database: write the rows one at a time and keep each refused one as a
-        dead letter with the database's reason, so one bad row never blocks the batch (nor,
-        redelivered, every batch after it)."""
-        try:
-            return self.store.write(items)
-        except Exception as err:  # classified below
-            if not self.store.reachable():
-                raise
-            log.warning("sink_batch_refused", error=one_line(err), messages=len(items))
-        total = WriteResult()
-        for i, it in enumerate(items):
-            try:
-                res = self.store.write([it])
-            except Exception as err:  # this row's fault: a dead letter
-                if not self.store.reachable() or not isinstance(it, Valid):
-                    raise
-                items[i] = Rejected(it.topic, it.raw, f"store refused: {one_line(err)}", "store")
-                res = self.store.write([items[i]])
-            for k, n in res.stored.items():
-                total.stored[k] += n
-            total.duplicates += res.duplicates
-            total.dead_letters += res.dead_letters
-        return total
-
     def _commit(self, items: list[Valid | Rejected]) -> bool:
         delay = 0.5
         while True:
             try:
-                res = self._write_isolating(items)
+                res = self.store.write_isolating(items)
                 break
             except Exception as err:  # noqa: BLE001 - the database may be down: retry, never drop
                 self.metrics.db_errors.inc()

@@ -218,6 +218,33 @@ class Store:
                 res.dead_letters = sum(d["times_seen"] for d in dead.values())
         return res
 
+    def write_isolating(self, items: list[Valid | Rejected]) -> WriteResult:
+        """Write the batch; if the database refuses it while it is reachable, the fault is in
+        a row, not the database: write the rows one at a time and keep each refused one as a
+        dead letter with the database's reason (replacing it in ``items``), so one bad row
+        never blocks the batch (nor, redelivered, every batch after it).  Raises when the
+        database itself is the problem."""
+        try:
+            return self.write(items)
+        except Exception as err:  # classified below
+            if not self.reachable():
+                raise
+            log.warning("sink_batch_refused", error=one_line(err), messages=len(items))
+        total = WriteResult()
+        for i, it in enumerate(items):
+            try:
+                res = self.write([it])
+            except Exception as err:  # this row's fault: a dead letter
+                if not self.reachable() or not isinstance(it, Valid):
+                    raise
+                items[i] = Rejected(it.topic, it.raw, f"store refused: {one_line(err)}", "store")
+                res = self.write([items[i]])
+            for k, n in res.stored.items():
+                total.stored[k] += n
+            total.duplicates += res.duplicates
+            total.dead_letters += res.dead_letters
+        return total
+
     @staticmethod
     def _apply_status(conn: Connection, insert: Any, s: Status, now: datetime) -> int:
         got = conn.execute(

@@ -16,9 +16,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from sleepsafe.protocol import MESSAGES, PROTOCOL_VERSIONS, RESERVED_DEVICE_IDS, TOPIC_ROOT
+from sleepsafe.protocol import DEVICE_ID_PATTERN, MESSAGES, PROTOCOL_VERSIONS, RESERVED_DEVICE_IDS, TOPIC_ROOT
 
-DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEVICE_RE = re.compile(DEVICE_ID_PATTERN)
 _PREFIX = TOPIC_ROOT + "/"
 
 

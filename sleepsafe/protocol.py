@@ -54,9 +54,8 @@ def _not_reserved(v: str) -> str:
     return v
 
 
-DeviceId = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"), AfterValidator(_not_reserved)
-]
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # also a topic level: no / + # or spaces
+DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN), AfterValidator(_not_reserved)]
 Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Millis = Annotated[int, Field(ge=0, le=2**53)]  # stream clock: exact in a double, years long
 Ear = Annotated[float, _finite(0.0, EAR_MAX)]

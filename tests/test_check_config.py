@@ -73,15 +73,17 @@ def test_sink_check_config_masks_store_url_mqtt_password_and_tokens(
         "store.url": DB_URL,
         "mqtt.password": "hunter2-mqtt",
         "api.tokens": '["hunter2-token"]',
+        "api.device_tokens.bus-1": "hunter2-device-token",
     }
     argv = ["--config", str(clean_env)]
     for key, value in sets.items():
         argv += ["--set", f"{key}={value}"]
     assert main([*argv, "check-config"]) == 0
     out, err = capsys.readouterr()
-    for secret in ("hunter2-db", "hunter2-mqtt", "hunter2-token"):
+    for secret in ("hunter2-db", "hunter2-mqtt", "hunter2-token", "hunter2-device-token"):
         assert secret not in out and secret not in err
     shown = json.loads(out)
+    assert shown["api"]["device_tokens"] == {"bus-1": "**********"}
     assert shown["store"]["url"] == "postgresql+psycopg://sink:***@db.example/sleepsafe"
     assert shown["mqtt"]["password"] == "**********"
     assert shown["api"]["tokens"] == ["**********"]
@@ -91,6 +93,7 @@ def test_sink_check_config_masks_store_url_mqtt_password_and_tokens(
     cfg = load_sink_config(clean_env, parse_overrides([f"{k}={v}" for k, v in sets.items()]))
     assert cfg.database_url() == DB_URL
     assert cfg.api_tokens() == ["hunter2-token"]
+    assert cfg.device_tokens() == {"hunter2-device-token": "bus-1"}
     assert resolve_password(cfg.mqtt) == "hunter2-mqtt"
 
 
