@@ -448,13 +448,13 @@ def replay_clip(
         "alerts": {
             t.value: sum(1 for e in raised if e.type is t)
             for t in EventType
-            if t not in (EventType.BLINK,) and any(e.type is t for e in raised)
+            if t not in (EventType.BLINK, EventType.DISAGREEMENT) and any(e.type is t for e in raised)
         },
         "fps": round(n / wall, 1) if wall > 0 else 0.0,
         "clip_fps": round(fps_clip, 2),
         "model_versions": pipe.model_versions,
         "providers": pipe.providers,
-        "models": "on" if pipe.eye_model is not None else "off",
+        "models": cfg.models.mode if pipe.eye_model is not None or pipe.temporal is not None else "off",
     }
     return ReplayResult(
         events=finished,

@@ -164,7 +164,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         # when models.temporal_enabled is set.
         on = mode == "on"
         models = cfg.models.model_copy(
-            update={"enabled": on, "temporal_enabled": on and cfg.models.temporal_enabled}
+            update={"mode": "on" if on else "off", "temporal_enabled": on and cfg.models.temporal_enabled}
         )
         run_cfg = cfg.model_copy(update={"models": models})
         try:

@@ -206,10 +206,15 @@ Provider = Literal["tensorrt", "cuda", "cpu"]
 
 
 class ModelsConfig(Section):
-    enabled: bool = Field(
-        False,
-        description="Fuse the eye-state model with EAR for closure and blink decisions. Off by default: "
-        "it finds blinks EAR misses but adds false blinks on degraded frames (docs/models.md).",
+    mode: Literal["off", "shadow", "on"] = Field(
+        "shadow",
+        description="off: EAR alone. shadow (default): the models run every frame and their outputs ride "
+        "along in events, but never change an alert; where they and EAR disagree about shut eyes for "
+        "`disagree_s`, a `disagreement` record is sent (the cases most worth a label). on: the eye-state "
+        "model is fused with EAR for closure and blink decisions (docs/models.md).",
+    )
+    disagree_s: float = Field(
+        0.5, gt=0, description="Shadow: models and EAR disagreeing this long make a `disagreement` record."
     )
     eye_state: Path | None = Field(
         None, description="Eye-state ONNX file (unset: the shipped model of `variant`)."
@@ -247,6 +252,21 @@ class ModelsConfig(Section):
     strong_openness: float = Field(
         0.35, gt=0, lt=1, description="...as long as openness is at most this (EAR still has a say)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_enabled(cls, data: Any) -> Any:
+        """``enabled = true|false`` (before ``mode``) still reads as ``mode = "on"|"off"``."""
+        if isinstance(data, dict) and "enabled" in data and "mode" not in data:
+            data = dict(data)
+            on = data.pop("enabled")
+            data["mode"] = "on" if str(on).lower() in ("true", "1", "yes", "on") else "off"
+        return data
+
+    @property
+    def enabled(self) -> bool:
+        """The models run (shadow or on)."""
+        return self.mode != "off"
 
 
 class MqttConfig(BrokerConfig):

@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from edge_agent.config import EdgeConfig
 from edge_agent.inference.outputs import NO_MODELS, ModelOutputs
+from edge_agent.inference.pipelined import PipelinedEyeState
 from edge_agent.inference.runtime import EyeStateModel, TemporalModel, load_eye_state, load_temporal
 from edge_agent.perception.eyecrop import eye_crops
 from edge_agent.perception.features import FrameFeatures, compute_features, no_face, temporal_vector
@@ -51,19 +52,28 @@ class Pipeline:
             if self.eye_model is not None:
                 self.model_versions["eye_state"] = self.eye_model.version
                 self.providers = self.eye_model.providers
-        if cfg.models.temporal_enabled:
+        if cfg.models.enabled and cfg.models.temporal_enabled:
             self.temporal = load_temporal(cfg.models, cfg.state_dir)
             if self.temporal is not None:
                 self.model_versions["temporal"] = self.temporal.version
                 self.providers = self.providers or self.temporal.providers
         self._last_t: float | None = None
+        loaded = self.eye_model is not None or self.temporal is not None
         self.detector = Detector(
             cfg.detector,
-            models=cfg.models if (self.eye_model is not None or self.temporal is not None) else None,
+            # on: the models share the decisions; shadow: they are only compared with EAR.
+            models=cfg.models if loaded and cfg.models.mode == "on" else None,
+            shadow=cfg.models if loaded and cfg.models.mode == "shadow" else None,
             device_id=cfg.device_id,
             start_wallclock=start_wallclock,
             model_versions=self.model_versions,
         )
+        # Shadow mode without the temporal model: the eye-state model runs one frame behind, on
+        # a worker thread, beside the next frame's landmarks (inference/pipelined.py).
+        self._behind: PipelinedEyeState | None = None
+        self._behind_frame = -1
+        if self.eye_model is not None and self.temporal is None and cfg.models.mode == "shadow":
+            self._behind = PipelinedEyeState(self.eye_model)
         self.frames = 0
         self.frames_with_face = 0
         self.stage_s: dict[str, float] = {}
@@ -85,7 +95,8 @@ class Pipeline:
         rgb = to_rgb(frame)
         faces = self.backend.detect(rgb, round(t * 1000))
         t1 = time.perf_counter()
-        t_models = 0.0
+        late = self._collect_behind()
+        t_models = time.perf_counter() - t1  # waiting for the frame before's eye-state output
         driver = largest_face(faces)
         self.frames += 1
         dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
@@ -100,7 +111,7 @@ class Pipeline:
             h, w = rgb.shape[:2]
             feats = compute_features(driver.points, w, h, t, index, faces=len(faces))
             eye_closed: float | None = None
-            if self.eye_model is not None:
+            if self.eye_model is not None and self._behind is None:
                 tm = time.perf_counter()
                 eye_closed = float(self.eye_model.predict(eye_crops(frame, driver.points)).mean())
                 t_models += time.perf_counter() - tm
@@ -121,7 +132,10 @@ class Pipeline:
                 t_models += time.perf_counter() - tm
                 outputs = ModelOutputs(eye_closed=eye_closed, temporal_closed=closed_now, drowsy_score=score)
         t2 = time.perf_counter()
-        events = self.detector.update(feats, outputs)
+        events = late + self.detector.update(feats, outputs)
+        if self._behind is not None and driver is not None:
+            self._behind.submit(frame, driver.points)
+            self._behind_frame = index
         t3 = time.perf_counter()
         # Where a frame's time goes (published in stats): landmarks dominate; the rest must not.
         self.stage_s = {
@@ -132,11 +146,20 @@ class Pipeline:
         }
         return FrameResult(features=feats, events=events, face=driver, faces=len(faces), models=outputs)
 
+    def _collect_behind(self) -> list[Event]:
+        """The eye-state output of the frame before, given to the detector before this one."""
+        if self._behind is None or not self._behind.pending:
+            return []
+        prob = self._behind.result()
+        return self.detector.late_outputs(self._behind_frame, ModelOutputs(eye_closed=prob))
+
     def camera_lost(self, t: float, index: int) -> list[Event]:
-        return self.detector.camera_lost(t, index)
+        return self._collect_behind() + self.detector.camera_lost(t, index)
 
     def finish(self) -> list[Event]:
-        return self.detector.finish()
+        return self._collect_behind() + self.detector.finish()
 
     def close(self) -> None:
+        if self._behind is not None:
+            self._behind.close()
         self.backend.close()

@@ -14,9 +14,18 @@ import math
 import uuid
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+    model_validator,
+)
 
 # The schema version vehicles send by default; the sink reads every one of PROTOCOL_VERSIONS, so a
 # fleet upgrades one vehicle at a time. v2: the feature window as columns, blinks summarised in
@@ -83,6 +92,9 @@ class EventType(str, Enum):
     NOD = "nod"
     NO_FACE = "no_face"
     CAMERA_LOST = "camera_lost"
+    # Shadow mode: the models and the EAR decision disagreed about shut eyes for a while (not
+    # an alert: the cases most worth a person's label).
+    DISAGREEMENT = "disagreement"
 
 
 class Severity(str, Enum):
@@ -148,6 +160,14 @@ class FeatureSample(BaseModel):
     pitch: Angle
     roll: Angle
     iris_vis: Unit
+    # What the models said of the frame (shadow or on); absent where they did not run.
+    eye_closed: Unit | None = None
+    temporal_closed: Unit | None = None
+    drowsy_score: Unit | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_outputs(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_absent(handler(self))
 
 
 class _EventFields(BaseModel):
@@ -197,6 +217,17 @@ WINDOW_DECIMALS = {
     "ear": 4, "ear_left": 4, "ear_right": 4, "openness": 3, "mar": 4,
     "yaw": 1, "pitch": 1, "roll": 1, "iris_vis": 3,
 }  # fmt: skip
+# The models' outputs: columns only in windows where a model ran (null in frames it did not).
+MODEL_COLUMNS = {"eye_closed": 3, "temporal_closed": 3, "drowsy_score": 3}
+
+
+def _drop_absent(d: dict[str, Any]) -> dict[str, Any]:
+    """Model outputs that are absent are left out, not written as nulls: a vehicle without
+    models sends (and journals) exactly what a sink that predates them reads."""
+    for k in MODEL_COLUMNS:
+        if d.get(k, 0) is None:
+            del d[k]
+    return d
 
 
 class FeatureWindow(BaseModel):
@@ -218,13 +249,20 @@ class FeatureWindow(BaseModel):
     pitch: list[Angle] = Field(max_length=WINDOW_MAX)
     roll: list[Angle] = Field(max_length=WINDOW_MAX)
     iris_vis: list[Unit] = Field(max_length=WINDOW_MAX)
+    eye_closed: list[Unit | None] | None = Field(None, max_length=WINDOW_MAX)
+    temporal_closed: list[Unit | None] | None = Field(None, max_length=WINDOW_MAX)
+    drowsy_score: list[Unit | None] | None = Field(None, max_length=WINDOW_MAX)
+
+    @model_serializer(mode="wrap")
+    def _without_absent_outputs(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_absent(handler(self))
 
     @model_validator(mode="after")
     def _one_length(self) -> FeatureWindow:
         d = self.__dict__
-        if len(set(map(len, d.values()))) > 1:  # one C-level pass: this runs for every event
+        if len({len(v) for v in d.values() if v is not None}) > 1:  # runs for every event
             n = len(self.t_ms)
-            bad = [k for k in _WINDOW_FIELDS if len(d[k]) != n]
+            bad = [k for k in _WINDOW_FIELDS if d[k] is not None and len(d[k]) != n]
             raise ValueError(f"window columns of another length than t_ms ({n}): {', '.join(bad)}")
         return self
 
@@ -237,6 +275,10 @@ class FeatureWindow(BaseModel):
         for f in samples:
             for k, d in WINDOW_DECIMALS.items():
                 cols[k].append(round(getattr(f, k), d))
+        for k, d in MODEL_COLUMNS.items():
+            values = [getattr(f, k) for f in samples]
+            if any(v is not None for v in values):
+                cols[k] = [None if v is None else round(v, d) for v in values]  # type: ignore[misc]
         return cls(
             t_ms=deltas([f.t_ms for f in samples]),
             frame=deltas([f.frame for f in samples]),
@@ -257,6 +299,7 @@ class FeatureWindow(BaseModel):
                     frame=frame,
                     face=bool(self.face[i]),
                     **{k: getattr(self, k)[i] for k in WINDOW_DECIMALS},
+                    **{k: col[i] for k in MODEL_COLUMNS if (col := getattr(self, k)) is not None},
                 )
             )
         return out

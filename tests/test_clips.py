@@ -128,7 +128,7 @@ MODEL_BLINK_CASES = [
 def test_eye_state_model_finds_blinks_that_ear_misses(
     make_cfg: Callable[..., EdgeConfig], clips: Path, labels: list[Path]
 ) -> None:
-    models = {"enabled": True, "providers": ["cpu"]}
+    models = {"mode": "on", "providers": ["cpu"]}
     ear_tp = model_tp = model_fp = 0
     for clip, degrade in MODEL_BLINK_CASES:
         ear = evaluate(make_cfg(), labels, clips, only=[clip], degrade=degrade)
@@ -332,3 +332,32 @@ def test_preview_writes_an_annotated_video(clips: Path, tmp_path: Path) -> None:
     ok, frame = cap.read()
     cap.release()
     assert ok and n == 72 and frame.shape[:2] == (360, 640)
+
+
+def test_shadow_models_change_no_alert_and_record_where_they_disagree(
+    make_cfg: Callable[..., EdgeConfig], clips: Path
+) -> None:
+    """The default, shadow: on WolfgangLanger the eye-state model runs every frame (one frame
+    behind, on a worker thread) and changes no alert; where it says shut and EAR says open (her
+    downcast start, labelled look_down 0-14) a `disagreement` record is made; the windows carry
+    its output (but for the record's own frame, whose output arrives with the next); two
+    replays give the same records."""
+    from edge_agent.agent import replay_clip
+    from sleepsafe.protocol import EventType
+
+    clip = clips / ASLEEP[0]
+
+    def records(mode: str) -> list[tuple[str, str, int, int | None]]:
+        res = replay_clip(make_cfg(models={"mode": mode, "providers": ["cpu"]}), clip)
+        if mode == "shadow":
+            assert res.summary["models"] == "shadow"
+            alarms = [e for e in res.events if e.type in (EventType.MICROSLEEP, EventType.SLEEP)]
+            # Every face frame before the record's own (whose output comes a frame later).
+            assert alarms and all(s.eye_closed is not None for e in alarms for s in e.features[:-1] if s.face)
+        return [(e.type.value, e.phase, e.start_frame, e.end_frame) for e in res.raised + res.events]
+
+    off, shadow = records("off"), records("shadow")
+    assert [r for r in shadow if r[0] != "disagreement"] == off
+    disagreements = [r for r in shadow if r[0] == "disagreement"]
+    assert disagreements and all(start <= 14 for _, _, start, _ in disagreements), disagreements
+    assert records("shadow") == shadow

@@ -256,7 +256,7 @@ def _with_model(fps: float, models: ModelsConfig) -> tuple[Detector, float, int]
 def test_model_vetoes_an_ear_closure_it_sees_open(fps: float, prob: float, alarms: int) -> None:
     """EAR says shut (openness 0.13); the eye-state model sees an open eye: no alarm.  When the
     model agrees, the microsleep comes as without a model."""
-    det, t, i = _with_model(fps, ModelsConfig(enabled=True))
+    det, t, i = _with_model(fps, ModelsConfig(mode="on"))
     events, _, _ = run(det, fps, 2.0, lambda t, i: modelled(t, i, prob, ear=0.04), t, i)
     assert len(of(events, EventType.MICROSLEEP, "raised")) == alarms
 
@@ -267,7 +267,7 @@ def test_sure_model_does_not_overrule_ear_by_default(fps: float, strong: float |
     """Half-shut by EAR (openness 0.27, as in talkingface's look-down) and a model sure it is
     shut: by default (strong_prob 1) EAR keeps the last word, no alarm; the opt-in strong_prob
     lets the model mark it shut."""
-    models = ModelsConfig(enabled=True) if strong is None else ModelsConfig(enabled=True, strong_prob=strong)
+    models = ModelsConfig(mode="on") if strong is None else ModelsConfig(mode="on", strong_prob=strong)
     det, t, i = _with_model(fps, models)
     events, _, _ = run(det, fps, 2.0, lambda t, i: modelled(t, i, 1.0, ear=0.08), t, i)
     assert len(of(events, EventType.MICROSLEEP, "raised")) == alarms
@@ -505,3 +505,38 @@ def test_driver_status_is_one_frozen_value_every_reader_shares() -> None:
     assert of(out, EventType.MICROSLEEP, "raised")
     assert st.state is DriverState.AWAKE and det.status().state is DriverState.MICROSLEEP
     assert det.snapshot() == det.status().summary() and det.snapshot()["state"] == "MICROSLEEP"
+
+
+@pytest.mark.parametrize("fps", FPS)
+def test_shadow_models_never_change_an_alert_and_disagreements_are_recorded(fps: float) -> None:
+    """Shadow: EAR says shut for 1.5 s, the model says open. The MICROSLEEP comes exactly as
+    without a model (in "on" mode the model would veto it, see above); the 1.5 s the two
+    disagreed become one `disagreement` record, and the window carries the model's output. A
+    disagreement shorter than `disagree_s` is no record."""
+    models = ModelsConfig(mode="shadow")
+    cfg = DetectorConfig()
+
+    def replay(det: Detector, shut_s: float, prob: float) -> list[Event]:
+        _, t, i = run(det, fps, cfg.calibration_s + 1.0, lambda tt, k: modelled(tt, k, 0.02))
+        start = t + 0.2
+
+        def timeline(tt: float, k: int) -> tuple[FrameFeatures, ModelOutputs]:
+            shut = start <= tt < start + shut_s
+            return modelled(tt, k, prob if shut else 0.02, ear=0.02 if shut else OPEN)
+
+        events, _, _ = run(det, fps, shut_s + 1.5, timeline, t, i)
+        return events
+
+    plain = replay(Detector(cfg), 1.5, 0.05)
+    shadow = replay(Detector(cfg, shadow=models), 1.5, 0.05)
+    alerts = [(e.type, e.phase, e.raised_frame) for e in plain if e.type is not EventType.BLINK]
+    assert alerts and [(e.type, e.phase, e.raised_frame) for e in shadow if e.type not in (
+        EventType.BLINK, EventType.DISAGREEMENT)] == alerts  # fmt: skip
+    dis = of(shadow, EventType.DISAGREEMENT)
+    assert len(dis) == 1 and dis[0].phase == "instant" and dis[0].severity is Severity.INFO
+    assert dis[0].duration_ms == pytest.approx(1500, abs=1000 / fps + 1)
+    assert any(s.eye_closed == 0.05 for s in dis[0].features)
+    short = replay(Detector(cfg, shadow=models), models.disagree_s / 2, 0.05)
+    assert not of(short, EventType.DISAGREEMENT)
+    agreeing = replay(Detector(cfg, shadow=models), 1.5, 0.95)
+    assert not of(agreeing, EventType.DISAGREEMENT)

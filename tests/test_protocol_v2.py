@@ -177,7 +177,10 @@ def test_window_round_trip_keeps_gaps_steps_and_extremes() -> None:
 def test_empty_window() -> None:
     window = FeatureWindow.from_samples([])
     assert window.samples() == []
-    assert all(getattr(window, k) == [] for k in FeatureWindow.model_fields)
+    from sleepsafe.protocol import MODEL_COLUMNS
+
+    assert all(getattr(window, k) == [] for k in FeatureWindow.model_fields if k not in MODEL_COLUMNS)
+    assert all(getattr(window, k) is None for k in MODEL_COLUMNS)  # no model ran: no column
     e = full_event().model_copy(update={"features": []})
     back = EventV2.model_validate_json(wire_event(e, 2))
     assert back.window is not None and back.window.samples() == []

@@ -19,6 +19,7 @@ SEVERITY: dict[EventType, Severity] = {
     EventType.MICROSLEEP: Severity.CRITICAL,
     EventType.SLEEP: Severity.EMERGENCY,
     EventType.CAMERA_LOST: Severity.CRITICAL,
+    EventType.DISAGREEMENT: Severity.INFO,
 }
 # Alerts that, once ended, stay quiet for ``cooldown_s``: a driver who keeps glancing away is
 # told once, not every few seconds.

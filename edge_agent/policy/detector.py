@@ -28,6 +28,7 @@ from edge_agent.policy.alerts import SEVERITY, Active, AlertBook
 from edge_agent.policy.attention import Nods, OffRoad, Yawns
 from edge_agent.policy.calibration import Calibration
 from edge_agent.policy.closure import BlinkTracker, Closure, eyes_shut
+from edge_agent.policy.shadow import Disagreement
 from edge_agent.policy.windows import Perclos, Recent
 from sleepsafe.protocol import (
     ANGLE_MAX,
@@ -55,12 +56,14 @@ class Detector:
         self,
         cfg: DetectorConfig,
         models: ModelsConfig | None = None,
+        shadow: ModelsConfig | None = None,
         device_id: str = "edge-0",
         start_wallclock: datetime | None = None,
         model_versions: dict[str, str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.models = models  # None: EAR alone; else fuse the models' closure probability
+        self.shadow = shadow  # models compared with EAR (disagreement records), never deciding
         self.device_id = device_id
         self.model_versions = dict(model_versions or {})
         self._epoch = start_wallclock or datetime.now(timezone.utc)
@@ -72,6 +75,7 @@ class Detector:
         self.nods = Nods(cfg)
         self.yawns = Yawns(cfg)
         self.alerts = AlertBook(cfg.cooldown_s, cfg.hysteresis_s)
+        self.disagreement = Disagreement(shadow.disagree_s if shadow is not None else 1.0)
         self._recent_blinks = Recent(cfg.perclos_window_s)  # for the blink rate
         self._recent_long_blinks = Recent(cfg.perclos_window_s)
         self._recent_yawns = Recent(cfg.yawn_window_s)
@@ -80,6 +84,7 @@ class Detector:
         self._last_t: float | None = None
         self._last_frame = -1
         self._face_lost_at: tuple[float, int] | None = None
+        self._last_shut: bool | None = None  # EAR's verdict in the last frame (None: no face)
         self.blink_count = 0
         self.long_blink_count = 0
         self._long_blinks_taken = 0  # long_blink_count at the last take_blinks()
@@ -135,20 +140,24 @@ class Detector:
         if EventType.CAMERA_LOST in self.alerts:
             out += self._end(EventType.CAMERA_LOST, f)
         openness = self.cal.openness(f.ear) if f.face else 1.0
-        self._remember(f, openness)
+        self._remember(f, openness, m)
         if f.face:
             out += self._face_seen(f)
             self.cal.update(f, dt)
             down = self._looking_down(f)
             shut = eyes_shut(openness, m.closed, down, self.cfg, self.models)
+            self._last_shut = shut
             self.perclos.add(f.t, dt, shut)
             self._expire(f.t)
+            out += self._disagreement_step(f, m, shut)
             out += self._blink_step(f, openness, m.closed, down)
             out += self._closure_step(f, shut, openness, down)
             out += self._yawn_step(f)
             out += self._nod_step(f)
             out += self._distraction_step(f, dt, openness)
         else:
+            self._last_shut = None
+            self.disagreement.cancel()
             out += self._face_missing(f)
             self.perclos.expire(f.t)
             self._expire(f.t)
@@ -170,6 +179,24 @@ class Detector:
             return []
         f = FrameFeatures(t=self._last_t, frame=self._last_frame, face=False)
         return self._stamp([e for t in list(self.alerts.active) for e in self._end(t, f)])
+
+    def late_outputs(self, frame: int, m: ModelOutputs) -> list[Event]:
+        """Shadow mode, one frame behind: what the models said of ``frame`` (the last one fed),
+        delivered before the next frame.  It joins that frame's sample in the window and is
+        compared with that frame's EAR decision, exactly as if it had come with the frame."""
+        if not self._window or self._window[-1].frame != frame:
+            return []
+        self._window[-1] = self._window[-1].model_copy(
+            update={
+                "eye_closed": _unit(m.eye_closed),
+                "temporal_closed": _unit(m.temporal_closed),
+                "drowsy_score": _unit(m.drowsy_score),
+            }
+        )
+        if self._last_shut is None:  # that frame had no face
+            return []
+        f = FrameFeatures(t=self._last_t or 0.0, frame=frame, face=True)
+        return self._stamp(self._disagreement_step(f, m, self._last_shut))
 
     def take_blinks(self) -> tuple[list[int], int]:
         """The blinks since the last call: each one's duration (ms) and how many long blinks
@@ -206,7 +233,7 @@ class Detector:
             and f.iris_vis >= self.cfg.iris_visible_min
         )
 
-    def _remember(self, f: FrameFeatures, openness: float) -> None:
+    def _remember(self, f: FrameFeatures, openness: float, m: ModelOutputs) -> None:
         self.last_openness = openness
         self.last_ear = f.ear
         self._window.append(
@@ -223,6 +250,9 @@ class Detector:
                 pitch=round(clamp(f.pitch, -ANGLE_MAX, ANGLE_MAX), 1),
                 roll=round(clamp(f.roll, -ANGLE_MAX, ANGLE_MAX), 1),
                 iris_vis=round(clamp(f.iris_vis, 0.0, 1.0), 3),
+                eye_closed=_unit(m.eye_closed),
+                temporal_closed=_unit(m.temporal_closed),
+                drowsy_score=_unit(m.drowsy_score),
             )
         )
         horizon = f.t - self.cfg.window_s
@@ -251,6 +281,15 @@ class Detector:
         if absent >= self.cfg.no_face_s and EventType.NO_FACE not in self.alerts:
             out.append(self._raise(EventType.NO_FACE, f, lost_t, lost_frame))
         return out
+
+    def _disagreement_step(self, f: FrameFeatures, m: ModelOutputs, ear_shut: bool) -> list[Event]:
+        if self.shadow is None or m.closed is None:
+            return []
+        # The model's own verdict, not fused with EAR: where it alone says shut (a downcast look
+        # it has not learnt) or alone says open (shut eyes EAR reads too open) is what to label.
+        model_shut = m.closed >= self.shadow.closed_prob
+        start = self.disagreement.step(f.t, f.frame, ear_shut, model_shut)
+        return [] if start is None else [self._instant(EventType.DISAGREEMENT, f, *start)]
 
     def _blink_step(self, f: FrameFeatures, openness: float, prob: float | None, down: bool) -> list[Event]:
         b = self.blinks.step(f.t, f.frame, openness, prob, down)
@@ -460,6 +499,10 @@ class DriverStatus:
             "calibrated": self.calibrated,
             "openness": round(self.openness, 3),
         }
+
+
+def _unit(x: float | None) -> float | None:
+    return None if x is None else round(clamp(x, 0.0, 1.0), 3)
 
 
 def _ms(t: float) -> int:
