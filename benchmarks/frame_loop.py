@@ -89,7 +89,7 @@ def full_pass(pipe: Pipeline, frames: Frames, start: float, index: int, publishe
 
 def realtime_run(cfg: EdgeConfig, clip: Path) -> dict[str, Any]:
     """The live daemon on a clip paced at its own rate, as a camera would deliver it."""
-    from edge_agent.agent import Agent
+    from edge_agent.daemon import Agent
 
     delays: list[float] = []
     alerts: list[str] = []

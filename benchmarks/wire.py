@@ -244,7 +244,7 @@ def make_config(version: Literal[1, 2], port: int, state: Path) -> Any:
 async def replay(clip: Path, cfgs: dict[Literal[1, 2], Any], publishers: dict[Literal[1, 2], Any]) -> ClipRun:
     """One clip through one real pipeline; both agents dispatch its events and run their
     periodic tasks on its clock."""
-    from edge_agent.agent import Agent, LatencyWindow
+    from edge_agent.daemon import Agent, LatencyWindow
     from edge_agent.perception.capture import clip_fps, open_capture, parse_source, read_clip
     from edge_agent.perception.landmarks import FrameError
     from edge_agent.pipeline import Pipeline

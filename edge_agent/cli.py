@@ -108,9 +108,9 @@ def _print_event_human(e: Event) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from edge_agent.agent import replay_clip, replay_record
     from edge_agent.perception.capture import SourceError, open_capture, parse_source
     from edge_agent.preview import PreviewSink
+    from edge_agent.replay import replay_clip, replay_record
 
     cfg = _load(args)
     if not args.file.is_file():
@@ -198,7 +198,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge_agent.agent import Agent
+    from edge_agent.daemon import Agent
     from edge_agent.preview import PreviewSink
 
     extra = {"source": {"uri": args.source}} if args.source else None

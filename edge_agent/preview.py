@@ -7,6 +7,7 @@ MP4 (``--preview-out``), so the camera can be aimed without a screen in the car.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -15,6 +16,9 @@ import numpy.typing as npt
 from edge_agent.perception.features import LEFT_EYE, LEFT_IRIS, MOUTH, RIGHT_EYE, RIGHT_IRIS
 from edge_agent.perception.landmarks import Face
 from sleepsafe.protocol import DriverState
+
+if TYPE_CHECKING:
+    from edge_agent.pipeline import FrameResult, Pipeline
 
 _STATE_COLOUR = {
     DriverState.AWAKE: (60, 200, 60),
@@ -80,3 +84,15 @@ class PreviewSink:
             self._writer.release()
         if self.window:
             cv2.destroyAllWindows()
+
+
+def preview_lines(pipeline: Pipeline, res: FrameResult, fps: float | None = None) -> list[str]:
+    f = res.features
+    d = pipeline.detector.status()
+    lines = [
+        f"EAR {f.ear:.3f} (L {f.ear_left:.3f} R {f.ear_right:.3f})  open {d.openness:.2f}",
+        f"baseline {d.baseline_ear:.3f}{'' if d.calibrated else ' (calibrating)'}  PERCLOS {d.perclos:.1%}",
+        f"yaw {f.yaw:+.0f}  pitch {f.pitch:+.0f}  roll {f.roll:+.0f}  MAR {f.mar:.2f}",
+        f"blinks {d.blinks}  faces {res.faces}" + (f"  {fps:.1f} fps" if fps else ""),
+    ]
+    return lines if f.face else ["no face", lines[1]]

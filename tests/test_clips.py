@@ -179,8 +179,8 @@ def test_a_driver_asleep_gets_microsleep_and_sleep_on_every_view(
     """On every degradation the closure raises MICROSLEEP and then SLEEP, each within 0.1 s of
     when it is raised on the original frames: landmark jitter on a dark, noisy infrared frame
     must not end the closure of a driver who is asleep."""
-    from edge_agent.agent import replay_clip
     from edge_agent.devtools.evaluate import compose
+    from edge_agent.replay import replay_clip
     from sleepsafe.protocol import EventType
 
     clip, first, last = ASLEEP
@@ -275,7 +275,7 @@ def test_replay_json_lines(clips: Path, tmp_path: Path) -> None:
     needed = {"type", "severity", "start_frame", "end_frame", "start_ms", "end_ms", "duration_ms"}
     for e in events:
         assert needed <= set(e), e
-        if e["type"] == "blink":
+        if e["phase"] == "instant":  # blinks, disagreements
             assert "raised_frame" not in e
         else:
             assert e["raised_frame"] is not None and e["raised_ms"] is not None
@@ -342,7 +342,7 @@ def test_shadow_models_change_no_alert_and_record_where_they_disagree(
     downcast start, labelled look_down 0-14) a `disagreement` record is made; the windows carry
     its output (but for the record's own frame, whose output arrives with the next); two
     replays give the same records."""
-    from edge_agent.agent import replay_clip
+    from edge_agent.replay import replay_clip
     from sleepsafe.protocol import EventType
 
     clip = clips / ASLEEP[0]

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.agent import Agent
 from edge_agent.config import EdgeConfig
+from edge_agent.daemon import Agent
 from edge_agent.perception.landmarks import FrameError, to_rgb
 from edge_agent.pipeline import Pipeline
 from sleepsafe.protocol import Event, EventType

@@ -321,7 +321,7 @@ def test_edge_runtime_never_imports_torch(clips: Path, tmp_path: Path) -> None:
         "import sys\n"
         "from pathlib import Path\n"
         "from edge_agent.config import load_config\n"
-        "from edge_agent.agent import replay_clip\n"
+        "from edge_agent.replay import replay_clip\n"
         f"cfg = load_config(None, {{'state_dir': {str(tmp_path)!r}, "
         "'models': {'enabled': 'true', 'providers': ['cpu']}})\n"
         f"res = replay_clip(cfg, Path({str(clips / 'single_face.mp4')!r}))\n"

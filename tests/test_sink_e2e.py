@@ -109,8 +109,8 @@ class Vehicle:
     def dispatch(self, events: list[Event]) -> None:
         """Events as the agent hands them out (``Agent._dispatch``): it decides by the vehicle's
         config which go out (v2: blinks only with ``mqtt.blink_events``) and in which schema."""
-        from edge_agent.agent import Agent
         from edge_agent.config import EdgeConfig
+        from edge_agent.daemon import Agent
 
         cfg = EdgeConfig(device_id=self.device, state_dir=self.tmp / self.device, mqtt=self.pub.cfg)
         agent = Agent(cfg, install_signals=False)

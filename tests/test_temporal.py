@@ -74,7 +74,7 @@ def test_agent_with_the_temporal_model_on(clips: Path, tmp_path: Path) -> None:
         "import json, sys\n"
         "from pathlib import Path\n"
         "from edge_agent.config import load_config\n"
-        "from edge_agent.agent import replay_clip\n"
+        "from edge_agent.replay import replay_clip\n"
         f"cfg = load_config(None, {{'state_dir': {str(tmp_path)!r}, "
         "'models': {'enabled': 'true', 'temporal_enabled': 'true', 'providers': ['cpu']}})\n"
         f"res = replay_clip(cfg, Path({str(clips / 'single_face.mp4')!r}))\n"

@@ -23,8 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_agent.agent import replay_clip
 from edge_agent.config import EdgeConfig
+from edge_agent.replay import replay_clip
 from sleepsafe.protocol import Event, EventType
 
 Image = np.ndarray[Any, Any]
