@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -68,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--note", default="", help="why, in a few words")
     lb.add_argument("--by", default=None, help="who says so (default: $USER)")
     lb.add_argument("--json", action="store_true", help="print the label as JSON")
+    ds = sub.add_parser("dataset", help="the labelled fleet events as a training set")
+    dsub = ds.add_subparsers(dest="dataset_command", required=True)
+    ex = dsub.add_parser("export", help="write a versioned, hashed dataset of the labelled events")
+    ex.add_argument("--out", type=Path, required=True, help="a new (or empty) directory")
+    ex.add_argument("--since", help="only events that started at or after this ISO 8601 time")
+    ex.add_argument(
+        "--labels", default=",".join(EVENT_LABELS), help=f"comma-separated, of {', '.join(EVENT_LABELS)}"
+    )
+    ex.add_argument("--held-out-share", type=float, default=0.2, help="share of vehicles held out (0-1)")
     add_install_args(
         sub.add_parser("install-service", help="install (or remove) the systemd service"), "sink"
     )
@@ -105,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "label":
             return _cmd_label(store, args)
+        if args.command == "dataset":
+            return _cmd_export(store, args)
         if args.command == "prune":
             return _cmd_prune(cfg, store, dry_run=args.dry_run, as_json=args.json)
         from .service import serve
@@ -116,6 +128,36 @@ def main(argv: list[str] | None = None) -> int:
         return _die(Exit.UNAVAILABLE, str(err))
     except KeyboardInterrupt:
         return 130
+
+
+def _cmd_export(store: Store, args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from .dataset import EmptyExport, export
+
+    try:
+        since = datetime.fromisoformat(args.since) if args.since else None
+    except ValueError:
+        return _die(Exit.USAGE, f"dataset export: --since {args.since[:40]!r} is not an ISO 8601 time")
+    if not 0.0 <= args.held_out_share < 1.0:
+        return _die(Exit.USAGE, "dataset export: --held-out-share must be in [0, 1)")
+    labels = tuple(x.strip() for x in args.labels.split(",") if x.strip())
+    try:
+        manifest = export(store, args.out, since=since, labels=labels, held_out_share=args.held_out_share)
+    except EmptyExport as err:
+        return _die(Exit.DATAERR, f"dataset export: {err}")
+    except ValueError as err:
+        return _die(Exit.USAGE, f"dataset export: {err}")
+    except OSError as err:
+        return _die(Exit.CANTCREAT, f"dataset export: {err}")
+    held = manifest["held_out"]
+    by_label = ", ".join(f"{k} {v}" for k, v in manifest["counts"]["label"].items())
+    print(
+        f"{args.out}: {manifest['events']} events ({by_label}) "
+        f"from {len(manifest['counts']['device'])} vehicles, {len(held['devices'])} held out; "
+        f"dataset {manifest['dataset_id'][:12]}"
+    )
+    return 0
 
 
 def _cmd_label(store: Store, args: argparse.Namespace) -> int:

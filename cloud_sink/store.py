@@ -404,6 +404,50 @@ class Store:
         )
         return _label_out(row)
 
+    def labelled_events(
+        self, *, since: datetime | None = None, labels: Sequence[str], types: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Each event whose current (latest) label is one of ``labels``, once: the record that
+        opened it (raised, or the instant one) with its window, the label and who gave it."""
+        e, lab = schema.events.c, schema.event_labels.c
+        latest = select(lab.event_id, func.max(lab.id).label("last")).group_by(lab.event_id).subquery()
+        q = (
+            select(
+                e.event_id,
+                e.device_id,
+                e.type,
+                e.phase,
+                e.severity,
+                e.start_time,
+                e.duration_ms,
+                e.features,
+                lab.label,
+                lab.labeller,
+                lab.time.label("labelled_at"),
+                e.raised_time,
+            )
+            .join(latest, latest.c.event_id == e.event_id)
+            .join(schema.event_labels, lab.id == latest.c.last)
+            .where(lab.label.in_(list(labels)), e.type.in_(list(types)), e.phase.in_(("raised", "instant")))
+            .order_by(e.start_time, e.event_id)
+        )
+        if since is not None:
+            q = q.where(e.start_time >= utc(since))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        out = []
+        for r in rows:
+            # The event's own span, ending with the window's last frame: an instant record's
+            # duration, or for an alarm the time from its start to its raising.
+            span = r.duration_ms
+            if span is None and r.raised_time is not None:
+                span = round((r.raised_time - r.start_time).total_seconds() * 1000)
+            d = _times_out({k: v for k, v in dict(r).items() if k != "raised_time"})
+            d["window"] = d.pop("features")
+            d["span_ms"] = span
+            out.append(d)
+        return out
+
     def recent_events(self, limit: int = 50, phase: str | None = None) -> list[dict[str, Any]]:
         e = schema.events.c
         q = select(schema.events)

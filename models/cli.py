@@ -3,7 +3,8 @@
 sleepsafe-train prepare [--clips DIR] [--labels data/labels/eye_state.csv]
                         [--stills data/labels/stills.csv] [--data DIR]
 sleepsafe-train eye-state --data DIR [--out models/checkpoints/eye_state.pt] [--epochs N] [--seed S]
-sleepsafe-train temporal --data DIR [--eye-model models/eye_state.onnx] [--eye-folds CHECKPOINT]
+sleepsafe-train temporal --data DIR [--data EXPORT ...] [--eye-model models/eye_state.onnx]
+                         [--eye-folds CHECKPOINT]
 sleepsafe-train score --data DIR [--eye-model models/eye_state.onnx]
                       [--temporal-model models/temporal.onnx|none] [--json]
 """
@@ -92,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     es.add_argument("--no-progress", action="store_true")
     tp = sub.add_parser("temporal", help="train the temporal closure/drowsiness GRU")
-    tp.add_argument("--data", type=Path, default=default_data_dir())
+    tp.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        help="prepared clips, or a `sleepsafe-sink dataset export` (repeatable; default: the prepared clips)",
+    )
     tp.add_argument("--out", type=Path, default=REPO / "models" / "checkpoints" / "temporal.pt")
     tp.add_argument(
         "--eye-model",
@@ -159,29 +165,45 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(scores, indent=2) if args.json else format_scores(scores))
             return 0
         if args.command == "temporal":
+            from .dataset import TEST_SUBJECTS
+            from .fleet import is_export, load_export
             from .temporal import TemporalTrainConfig
             from .temporal import run_training as run_temporal
 
-            clips = load_all(args.data)
+            data: list[ClipData] = []
+            fleet_probs: dict[str, Any] = {}
+            held_out = set(TEST_SUBJECTS)
+            datasets = []
+            for directory in args.data or [default_data_dir()]:
+                if is_export(directory):
+                    fleet = load_export(directory)
+                    data += fleet.clips
+                    fleet_probs.update(fleet.eye_probs)
+                    held_out |= fleet.held_out_subjects
+                    datasets.append({"export": str(directory), "dataset_id": fleet.manifest["dataset_id"]})
+                else:
+                    data += load_all(directory)
+                    datasets.append({"clips": str(directory)})
+            repo_clips = [c for c in data if c.clip not in fleet_probs]
             probs, source = (
-                eye_probabilities(clips, args.eye_model, args.eye_folds)
-                if str(args.eye_model) != "none"
+                eye_probabilities(repo_clips, args.eye_model, args.eye_folds)
+                if str(args.eye_model) != "none" and repo_clips
                 else (None, {})
             )
+            if fleet_probs:  # the eye-state output the vehicle recorded (shadow mode)
+                probs = {**(probs or {}), **fleet_probs}
+                source.update({c.subject: "vehicle (shadow)" for c in data if c.clip in fleet_probs})
             report = run_temporal(
-                clips,
+                data,
                 args.out,
                 TemporalTrainConfig(steps=args.steps, seed=args.seed),
                 probs,
                 not args.no_progress,
                 eye_prob_source=source,
+                test_subjects=frozenset(held_out),
             )
-            print(
-                json.dumps(
-                    {k: report[k] for k in ("leave_one_subject_out", "held_out", "data") if k in report},
-                    indent=2,
-                )
-            )
+            out = {k: report[k] for k in ("leave_one_subject_out", "held_out", "data") if k in report}
+            print(json.dumps({**out, "datasets": datasets}, indent=2))
             return 0
         from .eye_state import TrainConfig, run_training
 

@@ -226,6 +226,7 @@ def run_training(
     eye_probs: dict[str, npt.NDArray[np.float32]] | None = None,
     progress: bool = True,
     eye_prob_source: dict[str, str] | None = None,
+    test_subjects: frozenset[str] | tuple[str, ...] = TEST_SUBJECTS,
 ) -> dict[str, Any]:
     """Leave-one-subject-out figures, then the shipped GRU trained on every training subject
     and tested once on the held-out one.  ``eye_prob_source``: per subject, the eye-state model
@@ -237,8 +238,11 @@ def run_training(
     by_subject: dict[str, list[str]] = {}
     for c in clips:
         by_subject.setdefault(c.subject, []).append(c.clip)
-    train_subjects = sorted(s for s in by_subject if s not in TEST_SUBJECTS)
-    test_subjects = sorted(s for s in by_subject if s in TEST_SUBJECTS)
+    held_out = frozenset(test_subjects)
+    train_subjects = sorted(s for s in by_subject if s not in held_out)
+    tested = sorted(s for s in by_subject if s in held_out)
+    if not train_subjects:
+        raise ValueError("no training subject: every clip belongs to a held-out person or vehicle")
 
     subject_of = {c.clip: c.subject for c in clips}
 
@@ -269,15 +273,15 @@ def run_training(
         report["leave_one_subject_out"].append({"test_subject": held, **fold})
     names = [n for s in train_subjects for n in by_subject[s]]
     model = train([seqs[n] for n in names], cfg, progress)
-    if test_subjects:
-        test_clips = [n for s in test_subjects for n in by_subject[s]]
+    if tested:
+        test_clips = [n for s in tested for n in by_subject[s]]
         cut = tuned_cut(names)
         report["held_out"] = {
-            "subject": ",".join(test_subjects),
+            "subject": ",".join(tested),
             "clips": test_clips,
             **score(model, test_clips, cut),
             # Pooled, the larger clip outvotes the other; each held-out person is also reported alone.
-            "by_subject": {s: score(model, by_subject[s], cut) for s in test_subjects},
+            "by_subject": {s: score(model, by_subject[s], cut) for s in tested},
         }
     report["data"] = {
         "train_subjects": train_subjects,
