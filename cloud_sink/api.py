@@ -368,12 +368,19 @@ def create_app(
     def ui() -> HTMLResponse:
         return HTMLResponse(page)
 
+    event_page = (STATIC / "event.html").read_text()
+
+    @app.get("/ui/event/{event_id}", include_in_schema=False)
+    def ui_event(event_id: uuid.UUID) -> HTMLResponse:
+        # The page holds no data (it asks the API with the user's token); the id is a UUID.
+        return HTMLResponse(event_page.replace("{{EVENT_ID}}", str(event_id)))
+
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str, request: Request) -> FileResponse:
         if name == "plotly.min.js":
             return FileResponse(_plotly_js(), media_type="text/javascript")
         path = STATIC / name
-        if name not in ("dashboard.js", "dashboard.css") or not path.is_file():
+        if name not in ("dashboard.js", "dashboard.css", "event.js") or not path.is_file():
             raise HTTPException(404, "not found")
         return FileResponse(path)
 

@@ -92,7 +92,10 @@ function fillTables(d) {
   al.replaceChildren();
   for (const e of d.recent_alerts) {
     const tr = document.createElement("tr");
-    cell(tr, when(e.start_time)); cell(tr, e.device_id); cell(tr, e.type); cell(tr, e.severity);
+    const link = document.createElement("td"), a = document.createElement("a");
+    a.href = "/ui/event/" + encodeURIComponent(e.event_id); a.textContent = when(e.start_time);
+    link.appendChild(a); tr.appendChild(link);
+    cell(tr, e.device_id); cell(tr, e.type); cell(tr, e.severity);
     cell(tr, e.perclos == null ? "–" : (100 * e.perclos).toFixed(0) + " %");
     al.appendChild(tr);
   }
