@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -53,6 +54,8 @@ events = Table(
     Column("model_versions", JSON, nullable=False),
     Column("features", JSON, nullable=False),  # the window as columns (protocol v2's shape)
     Column("protocol", Integer),  # the schema version the vehicle sent
+    Column("acknowledged_ms", BigInteger),  # the driver's acknowledgement (stream clock), if any
+    Column("acknowledged_via", String(8)),
     Column("stored_at", DateTime, nullable=False),
     UniqueConstraint("event_id", "phase", name="uq_events_event_id_phase"),
     Index("ix_events_device_start", "device_id", "start_time"),

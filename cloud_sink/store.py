@@ -748,7 +748,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 EVENT_COLUMNS = (
     "event_id", "phase", "device_id", "type", "severity", "state", "start_time", "raised_time",
     "end_time", "duration_ms", "ear_value", "openness", "is_drowsy", "perclos", "model_versions",
-    "features", "protocol", "stored_at",
+    "features", "protocol", "acknowledged_ms", "acknowledged_via", "stored_at",
 )  # fmt: skip
 TELEMETRY_COLUMNS = (
     "msg_id", "device_id", "time", "state", "perclos", "blink_rate_per_min", "blinks",
@@ -778,7 +778,8 @@ def _event_params(m: Event | EventV2, now: Any, ts: Any) -> tuple[Any, ...]:
     return (
         str(m.event_id), m.phase, m.device_id, m.type.value, m.severity.value, m.state.value,
         ts(m.start_time), ts(m.raised_time), ts(m.end_time), m.duration_ms, m.ear_value,
-        m.openness, m.is_drowsy, m.perclos, _to_json(m.model_versions), _to_json(_window(m)), m.v, now,
+        m.openness, m.is_drowsy, m.perclos, _to_json(m.model_versions), _to_json(_window(m)), m.v,
+        m.acknowledged_ms, m.acknowledged_via, now,
     )  # fmt: skip
 
 

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("check-config", help="validate the configuration and print it")
+    sub.add_parser("ack", help="the driver acknowledges the active alert (of the agent running here)")
 
     ins = sub.add_parser("install-service", help="install (or remove) the systemd service")
     add_install_args(ins)
@@ -230,8 +231,25 @@ def cmd_fetch_clips(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ack(args: argparse.Namespace) -> int:
+    """Tell the running agent (the one with this config's state_dir) that the driver
+    acknowledged the active alert: recorded on it as a weak label, nothing is silenced."""
+    from edge_agent.control import send, socket_path
+
+    cfg = _load(args)
+    try:
+        send(cfg.state_dir, "ack")
+    except OSError as err:
+        return _die(
+            Exit.UNAVAILABLE, f"ack: no agent running at {socket_path(cfg.state_dir)} ({err.strerror or err})"
+        )
+    print("acknowledged")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
+    "ack": cmd_ack,
     "replay": cmd_replay,
     "eval": cmd_eval,
     "check-config": cmd_check_config,

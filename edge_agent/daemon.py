@@ -9,6 +9,7 @@ network or a speaker.
 from __future__ import annotations
 
 import asyncio
+import queue
 import signal
 import threading
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import structlog
 
 from edge_agent.config import EdgeConfig
+from edge_agent.control import ControlServer
 from edge_agent.outputs.alerts import AlertDispatcher, build_outputs
 from edge_agent.outputs.journal import EventLog
 from edge_agent.outputs.spool import Spool
@@ -69,6 +71,9 @@ class Agent:
         self.install_signals = install_signals
         self._stop = threading.Event()
         self._recalibrate = threading.Event()
+        self._acks: queue.SimpleQueue[str] = queue.SimpleQueue()  # how the driver acknowledged
+        self.acknowledged = 0  # alerts the driver acknowledged
+        self.control: ControlServer | None = None
         self.latency = LatencyWindow()
         self.stage_latency: dict[str, LatencyWindow] = {}
         self.frames = 0
@@ -95,6 +100,11 @@ class Agent:
 
     def request_recalibration(self) -> None:
         self._recalibrate.set()
+
+    def request_ack(self, via: str) -> None:
+        """The driver acknowledged the active alert (button, command, CLI or signal); the frame
+        thread records it on the alert."""
+        self._acks.put(via)
 
     # ------------------------------------------------------------------ frame thread
     def _dispatch(self, events: list[Event]) -> None:
@@ -128,6 +138,11 @@ class Agent:
                 self._recalibrate.clear()
                 pipe.detector.recalibrate()
                 log.info("recalibration_requested")
+            while not self._acks.empty():
+                via = self._acks.get()
+                n = pipe.detector.acknowledge(via)
+                self.acknowledged += n
+                log.info("alert_acknowledged", via=via, alerts=n)
             if item is None:
                 if cap.ended:
                     self.exit_reason = "source ended"
@@ -176,6 +191,7 @@ class Agent:
             "captured": cap.captured if cap else 0,
             "dropped_frames": cap.dropped if cap else 0,
             "bad_frames": self.bad_frames,
+            "acknowledged": self.acknowledged,
             "reconnects": cap.reconnects if cap else 0,
             "camera_lost": cap.lost if cap else False,
             "latency_p50_ms": round(self.latency.quantile(0.5) * 1000, 2),
@@ -285,7 +301,14 @@ class Agent:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGUSR1, self.request_recalibration)
+            loop.add_signal_handler(signal.SIGUSR2, self.request_ack, "signal")
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.control = ControlServer(cfg.state_dir, lambda command: self.request_ack("cli")).start()
+        except OSError as err:  # e.g. a path longer than a Unix socket allows: SIGUSR2 still acks
+            log.warning(
+                "control_socket_unavailable", path=str(cfg.state_dir / "control.sock"), error=str(err)
+            )
         self.events = EventLog(cfg.state_dir / "events.jsonl", cfg.journal)
         self.alerts = AlertDispatcher(build_outputs(cfg.alerts, cfg.state_dir), cfg.alerts.queue_size)
         self.pipeline = Pipeline(cfg, full_landmarks=False)
@@ -326,11 +349,13 @@ class Agent:
                 await asyncio.to_thread(self.publisher.stop)
                 self.publisher.spool.close()
             self.pipeline.close()
+            if self.control is not None:
+                self.control.close()
             self.notifier.close()
             if self.preview is not None:
                 self.preview.close()
             if self.install_signals:
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
                     loop.remove_signal_handler(sig)
         log.info("stopped", reason=self.exit_reason or "signal", **self.stats())
         return 0

@@ -196,6 +196,12 @@ class _EventFields(BaseModel):
     is_drowsy: bool
     perclos: Unit | None = Field(None, description="PERCLOS (P80) over the rolling window, 0-1.")
     model_versions: dict[ShortText, Text] = Field(default_factory=dict, max_length=MAP_MAX)
+    acknowledged_ms: Millis | None = Field(
+        None, description="Source clock of the driver's acknowledgement of this alert, if any (a weak label)."
+    )
+    acknowledged_via: Literal["button", "command", "cli", "signal"] | None = Field(
+        None, description="How the driver acknowledged it: a button, an MQTT command, the CLI, a signal."
+    )
 
 
 class Event(_EventFields):

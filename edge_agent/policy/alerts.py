@@ -39,6 +39,8 @@ class Active:
     raised_t: float
     raised_frame: int
     clear_since: float | None = None  # condition false since (for hysteresis)
+    acknowledged_ms: int | None = None  # the driver's acknowledgement, stream clock
+    acknowledged_via: str | None = None
 
 
 class AlertBook:
@@ -61,6 +63,17 @@ class AlertBook:
             if any(ALERT_STATE.get(t) == state for t in self.active):
                 return state
         return DriverState.AWAKE
+
+    def acknowledge(self, now_ms: int, via: str) -> int:
+        """The driver acknowledged: every raised warning-or-worse alert not yet acknowledged
+        records when and how (a weak label: drivers dismiss true alerts too). It silences and
+        ends nothing: the alert lasts as long as its condition."""
+        n = 0
+        for a in self.active.values():
+            if a.severity.rank >= Severity.WARNING.rank and a.acknowledged_ms is None:
+                a.acknowledged_ms, a.acknowledged_via = now_ms, via
+                n += 1
+        return n
 
     def cooling(self, t: EventType, now: float) -> bool:
         return now < self._cooldown_until.get(t, -math.inf)

@@ -180,6 +180,10 @@ class Detector:
         f = FrameFeatures(t=self._last_t, frame=self._last_frame, face=False)
         return self._stamp([e for t in list(self.alerts.active) for e in self._end(t, f)])
 
+    def acknowledge(self, via: str) -> int:
+        """The driver acknowledged the active alert(s), as of the last frame; how many."""
+        return self.alerts.acknowledge(_ms(self._last_t or 0.0), via)
+
     def late_outputs(self, frame: int, m: ModelOutputs) -> list[Event]:
         """Shadow mode, one frame behind: what the models said of ``frame`` (the last one fed),
         delivered before the next frame.  It joins that frame's sample in the window and is
@@ -452,6 +456,8 @@ class Detector:
                 raised_frame=a.raised_frame,
                 end_frame=f.frame,
                 duration_ms=min(INT32_MAX, max(0, round((f.t - a.start_t) * 1000))),
+                acknowledged_ms=a.acknowledged_ms,
+                acknowledged_via=a.acknowledged_via,
             )
         ]
 
