@@ -266,7 +266,8 @@ def run_training(
         "train": asdict(cfg),
         "leave_one_subject_out": [],
     }
-    for held in train_subjects:
+    # Leave-one-subject-out needs two training subjects at least (one to leave out, one to train).
+    for held in train_subjects if len(train_subjects) > 1 else []:
         rest = [n for s in train_subjects if s != held for n in by_subject[s]]
         model = train([seqs[n] for n in rest], cfg, progress)
         fold = score(model, by_subject[held], tuned_cut(rest))

@@ -171,3 +171,65 @@ def _publish(port: int, device: str) -> None:
     ).wait_for_publish(10)
     c.loop_stop()
     c.disconnect()
+
+
+def test_shadow_evidence_is_stored_labelled_exported_and_trained_on(fleet: dict[str, Any]) -> None:
+    """The agents ran in shadow mode (the default): their records carry the eye-state model's
+    output, the disagreements reached the sink over MQTT, every alert and disagreement is
+    labelled through the sink's API from the repo's labels, the export's manifest counts match,
+    and `sleepsafe-train temporal --data EXPORT` trains from it."""
+    import httpx
+
+    from edge_agent.devtools.evaluate import read_labels
+
+    journals = fleet["journals"]
+    wolf = journals["bus-wolfgang"]
+    assert any(s.get("eye_closed") is not None for j in wolf for s in j.get("features", []))
+    disagreements = [j for j in wolf if j["type"] == "disagreement"]
+    assert disagreements, "the downcast start, which the model calls shut, is a disagreement"
+    repo = Path(__file__).resolve().parents[1]
+    ranges, _ = read_labels(
+        [repo.parent / "shared" / "data" / "labels.csv", *sorted((repo / "data" / "labels").glob("*.csv"))]
+    )
+    base = f"http://127.0.0.1:{fleet['sink'].port}"
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    posted: dict[str, int] = {}
+    for device, journal in journals.items():
+        clip = CARS[device]
+        for j in journal:
+            if j["phase"] not in ("raised", "instant") or j["type"] not in (
+                "microsleep",
+                "sleep",
+                "disagreement",
+            ):
+                continue
+            # What the labels say of the frame the record starts in.
+            inside = [r.label for r in ranges if r.clip == clip and r.start <= j["start_frame"] <= r.end]
+            verdict = (
+                "confirmed" if "closed" in inside else "false_alarm" if "look_down" in inside else "unsure"
+            )
+            r = httpx.post(
+                f"{base}/events/{j['event_id']}/label",
+                headers=auth,
+                json={"label": verdict, "labeller": "fleet-test"},
+            )
+            assert r.status_code == 201, r.text
+            posted[verdict] = posted.get(verdict, 0) + 1
+    assert posted.get("confirmed") and posted.get("false_alarm"), posted  # the closure, the downcast start
+    out = fleet["tmp"] / "export"
+    sink = ["--set", f"state_dir={fleet['tmp'] / 'sink'}", "--set", f"store.url={fleet['url']}"]
+    p = subprocess.run(
+        [sys.executable, "-m", "cloud_sink.cli", *sink, "dataset", "export", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["label"] == posted and manifest["events"] == sum(posted.values())
+    assert manifest["counts"]["source"] == {"shadow": manifest["events"]}
+    train = subprocess.run(
+        [sys.executable, "-m", "models.cli", "temporal", "--data", str(out), "--steps", "20", "--no-progress",
+         "--out", str(fleet["tmp"] / "temporal.pt")],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    assert json.loads(train.stdout)["data"]["train_subjects"] == ["fleet:bus-wolfgang"]
