@@ -45,6 +45,7 @@ log = structlog.get_logger(__name__)
 # Retained model releases the sink itself publishes live here: not telemetry, never dead letters.
 FLEET_PREFIX = f"{TOPIC_ROOT}/fleet/"
 RECEIPT_SUFFIX = "/receipt"
+COMMAND_SUFFIX = "/command"  # from operators' tools to a vehicle: not telemetry either
 
 
 def receipt_keys(items: list[Valid | Rejected]) -> dict[str, list[str]]:
@@ -307,8 +308,8 @@ class Ingest:
             for where, payload, mid, qos, gen, _t in batch:
                 if qos:
                     acks.append((mid, qos, gen))
-                if where.startswith(FLEET_PREFIX) or where.endswith(RECEIPT_SUFFIX):
-                    continue  # ours (model releases, receipts), not the fleet's
+                if where.startswith(FLEET_PREFIX) or where.endswith((RECEIPT_SUFFIX, COMMAND_SUFFIX)):
+                    continue  # to vehicles (model releases, receipts, commands), not from them
                 items.append(validate(where, payload, max_bytes, self.clock))
             if not self._commit(items):
                 return  # stopping with the database down: unacknowledged, so redelivered later

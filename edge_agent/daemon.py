@@ -319,7 +319,9 @@ class Agent:
                 max_rows=cfg.mqtt.spool_max_rows,
                 max_bytes=int(cfg.mqtt.spool_max_mb * 1024 * 1024),
             )
-            self.publisher = Publisher(cfg.mqtt, cfg.device_id, spool).start()
+            self.publisher = Publisher(cfg.mqtt, cfg.device_id, spool)
+            self.publisher.on_command = lambda cmd: self.request_ack("command")  # the one command
+            self.publisher.start()
         self.capture = CaptureThread(cfg.source).start()
         log.info(
             "started",

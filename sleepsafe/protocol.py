@@ -326,7 +326,9 @@ class EventV2(_EventFields):
 TOPIC_ROOT = "sleepsafe/v1"
 
 
-def topic(device_id: str, kind: Literal["status", "event", "telemetry", "stats", "receipt"]) -> str:
+def topic(
+    device_id: str, kind: Literal["status", "event", "telemetry", "stats", "receipt", "command"]
+) -> str:
     """``sleepsafe/v1/<device>/<kind>``."""
     return f"{TOPIC_ROOT}/{device_id}/{kind}"
 
@@ -422,6 +424,17 @@ class Receipt(BaseModel):
     device_id: DeviceId
     time: datetime
     keys: list[Text] = Field(description="receipt_key() of each message: event_id:phase, or msg_id.")
+
+
+class Command(BaseModel):
+    """Sent to a vehicle on ``.../command`` (QoS 1, never retained) by a fleet operator's tool;
+    ``ack``: the driver acknowledged the active alert (a dispatcher on the radio, say)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1, 2] = PROTOCOL_VERSION
+    command: Literal["ack"]
+    time: datetime
 
 
 def wire_event(e: Event, version: Literal[1, 2]) -> bytes:

@@ -362,3 +362,36 @@ def test_receipt_resend_backs_off_while_no_sink_answers() -> None:
         seq.append(next_backoff(seq[-1], receipts_since=False))
     assert seq == [1, 2, 4, 8, 16, MAX_RECEIPT_BACKOFF, MAX_RECEIPT_BACKOFF]
     assert next_backoff(16, receipts_since=True) == 1
+
+
+def test_an_ack_command_reaches_the_agent_and_a_bad_one_is_ignored(broker: Any, tmp_path: Path) -> None:
+    """A fleet tool publishes `{"command": "ack"}` on the vehicle's command topic: the publisher
+    hands it to the agent; a malformed command is logged and dropped, and the link stays up."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from sleepsafe.protocol import Command
+
+    spool = Spool(tmp_path / "spool.sqlite3")
+    pub = Publisher(MqttConfig(enabled=True, host="127.0.0.1", port=broker.port), "bus-7", spool)
+    got: list[Command] = []
+    pub.on_command = got.append
+    pub.start()
+    tool = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ops-tool", protocol=mqtt.MQTTv5)
+    tool.connect("127.0.0.1", broker.port)
+    tool.loop_start()
+    try:
+        wait_until(pub.subscribed.is_set, "the command subscription")
+
+        def send(payload: bytes) -> None:
+            tool.publish(topic("bus-7", "command"), payload, qos=1).wait_for_publish(10)
+
+        send(b'{"command": "reboot"}')
+        send(b"\xff")
+        send(Command(command="ack", time=datetime.now(timezone.utc)).model_dump_json().encode())
+        wait_until(lambda: len(got) == 1, "the ack")
+        assert got[0].command == "ack" and pub.connected.is_set()
+    finally:
+        tool.loop_stop()
+        tool.disconnect()
+        pub.stop()

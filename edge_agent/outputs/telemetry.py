@@ -25,7 +25,7 @@ from edge_agent.config import MqttConfig
 from edge_agent.outputs.spool import Spool
 from sleepsafe import __version__
 from sleepsafe.mqtt import jitter_backoff, new_client
-from sleepsafe.protocol import Receipt, Status, topic
+from sleepsafe.protocol import Command, Receipt, Status, topic
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +70,10 @@ class Publisher:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
-        c.on_message = self._on_receipt
+        c.on_message = self._on_message
+        self.on_command: Any = None  # called with each valid Command (from paho's thread)
+        self.subscribed = threading.Event()  # the broker confirmed this connection's subscriptions
+        c.on_subscribe = lambda *_a: self.subscribed.set()
         self.client = c
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
@@ -211,6 +214,8 @@ class Publisher:
             self._last_sent = 0
         if self.cfg.await_receipt:
             client.subscribe(topic(self.device_id, "receipt"), qos=1)
+        if self.on_command is not None:
+            client.subscribe(topic(self.device_id, "command"), qos=1)
         client.publish(topic(self.device_id, "status"), self._status("online"), qos=1, retain=True)
         self.connected.set()
         self._wake.set()
@@ -233,6 +238,22 @@ class Publisher:
                 self.spool.ack(row)
             self.acked += 1
             self._wake.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if msg.topic.endswith("/command"):
+            self._on_command(msg)
+        else:
+            self._on_receipt(client, userdata, msg)
+
+    def _on_command(self, msg: Any) -> None:
+        try:
+            cmd = Command.model_validate_json(msg.payload)
+        except ValueError as err:
+            log.warning("mqtt_bad_command", topic=msg.topic, error=str(err).splitlines()[0][:200])
+            return
+        log.info("mqtt_command", command=cmd.command)
+        if self.on_command is not None:
+            self.on_command(cmd)
 
     def _on_receipt(self, client: Any, userdata: Any, msg: Any) -> None:
         try:
