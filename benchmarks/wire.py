@@ -218,12 +218,16 @@ def labelled_clips(labels: list[Path]) -> list[str]:
     return names
 
 
+EYE_CROPS = False  # --eye-crops: events carry their window's eye crops (capture.eye_crops)
+
+
 def make_config(version: Literal[1, 2], port: int, state: Path) -> Any:
     from edge_agent.config import EdgeConfig, load_config
 
     return load_config(
         None,
         {
+            "capture": {"eye_crops": "true" if EYE_CROPS else "false"},
             "device_id": DEVICE[version],
             "state_dir": str(state / f"v{version}"),
             "alerts": {"sound": {"enabled": "false"}},
@@ -630,9 +634,13 @@ def main() -> int:
     ap.add_argument(
         "--sessions-per-hour", type=float, default=1.0, help="connects per hour (status online + stopped)"
     )
+    ap.add_argument(
+        "--eye-crops", action="store_true", help="events carry their eye crops (capture.eye_crops = true)"
+    )
     ap.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     ap.add_argument("--table-from", type=Path, help="print the table of a saved --json run, run nothing")
     a = ap.parse_args()
+    globals()["EYE_CROPS"] = a.eye_crops
     if a.table_from:
         print(table(json.loads(a.table_from.read_text())))
         return 0

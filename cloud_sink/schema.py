@@ -56,6 +56,7 @@ events = Table(
     Column("protocol", Integer),  # the schema version the vehicle sent
     Column("acknowledged_ms", BigInteger),  # the driver's acknowledgement (stream clock), if any
     Column("acknowledged_via", String(8)),
+    Column("crops", JSON),  # the window's eye crops (capture.eye_crops), if the vehicle sent them
     Column("stored_at", DateTime, nullable=False),
     UniqueConstraint("event_id", "phase", name="uq_events_event_id_phase"),
     Index("ix_events_device_start", "device_id", "start_time"),

@@ -425,6 +425,7 @@ class Store:
                 lab.labeller,
                 lab.time.label("labelled_at"),
                 e.raised_time,
+                e.crops,
             )
             .join(latest, latest.c.event_id == e.event_id)
             .join(schema.event_labels, lab.id == latest.c.last)
@@ -748,7 +749,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 EVENT_COLUMNS = (
     "event_id", "phase", "device_id", "type", "severity", "state", "start_time", "raised_time",
     "end_time", "duration_ms", "ear_value", "openness", "is_drowsy", "perclos", "model_versions",
-    "features", "protocol", "acknowledged_ms", "acknowledged_via", "stored_at",
+    "features", "protocol", "acknowledged_ms", "acknowledged_via", "crops", "stored_at",
 )  # fmt: skip
 TELEMETRY_COLUMNS = (
     "msg_id", "device_id", "time", "state", "perclos", "blink_rate_per_min", "blinks",
@@ -779,7 +780,7 @@ def _event_params(m: Event | EventV2, now: Any, ts: Any) -> tuple[Any, ...]:
         str(m.event_id), m.phase, m.device_id, m.type.value, m.severity.value, m.state.value,
         ts(m.start_time), ts(m.raised_time), ts(m.end_time), m.duration_ms, m.ear_value,
         m.openness, m.is_drowsy, m.perclos, _to_json(m.model_versions), _to_json(_window(m)), m.v,
-        m.acknowledged_ms, m.acknowledged_via, now,
+        m.acknowledged_ms, m.acknowledged_via, None if m.crops is None else _to_json(m.crops), now,
     )  # fmt: skip
 
 
@@ -809,4 +810,5 @@ def _label_out(r: Any) -> dict[str, Any]:
 def _event_out(r: Any) -> dict[str, Any]:
     d = _times_out(dict(r))
     d.pop("features", None)  # the feature window is for retraining exports, not lists
+    d.pop("crops", None)  # so are the eye crops (the event page reads them from /events/{id})
     return d

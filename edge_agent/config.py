@@ -381,6 +381,15 @@ def _default_state_dir() -> Path:
     return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/sleepsafe"))
 
 
+class CaptureConfig(Section):
+    eye_crops: bool = Field(
+        False,
+        description="Send each event's eye crops (both eyes, 24x48 grey pixels, every frame of its window) "
+        "with the event, so the eye-state model can be retrained from fleet data. Personal data (the "
+        "driver's eyes): off by default, and say so to the drivers before turning it on.",
+    )
+
+
 class EdgeConfig(TomlSettings):
     """Everything the edge agent reads at start-up."""
 
@@ -418,6 +427,7 @@ class EdgeConfig(TomlSettings):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # type: ignore[arg-type]
     journal: JournalConfig = Field(default_factory=JournalConfig)  # type: ignore[arg-type]
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)  # type: ignore[arg-type]
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
     stats_interval_s: float = Field(10.0, gt=0, description="How often runtime stats are logged.")
 

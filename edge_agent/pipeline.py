@@ -4,6 +4,7 @@ frame → landmarks → features → detector → events.  Synchronous and free 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -14,11 +15,13 @@ from edge_agent.config import EdgeConfig
 from edge_agent.inference.outputs import NO_MODELS, ModelOutputs
 from edge_agent.inference.pipelined import PipelinedEyeState
 from edge_agent.inference.runtime import EyeStateModel, TemporalModel, load_eye_state, load_temporal
-from edge_agent.perception.eyecrop import eye_crops
+from edge_agent.perception.eyecrop import CROP_H, CROP_W, encode_crops, eye_crops, raw_eye_crops
 from edge_agent.perception.features import FrameFeatures, compute_features, no_face, temporal_vector
 from edge_agent.perception.landmarks import Face, LandmarkBackend, create_backend, largest_face, to_rgb
 from edge_agent.policy.detector import Detector
-from sleepsafe.protocol import Event
+from sleepsafe.protocol import Event, EyeCrops
+
+_NO_CROPS = np.zeros((2, CROP_H, CROP_W), dtype=np.uint8)
 
 
 @dataclass(slots=True)
@@ -74,6 +77,10 @@ class Pipeline:
         self._behind_frame = -1
         if self.eye_model is not None and self.temporal is None and cfg.models.mode == "shadow":
             self._behind = PipelinedEyeState(self.eye_model)
+        # capture.eye_crops: the window's crops, by frame number, to send with each event.
+        self._crops: deque[tuple[int, float, npt.NDArray[np.uint8]]] | None = (
+            deque() if cfg.capture.eye_crops else None
+        )
         self.frames = 0
         self.frames_with_face = 0
         self.stage_s: dict[str, float] = {}
@@ -133,6 +140,10 @@ class Pipeline:
                 outputs = ModelOutputs(eye_closed=eye_closed, temporal_closed=closed_now, drowsy_score=score)
         t2 = time.perf_counter()
         events = late + self.detector.update(feats, outputs)
+        if self._crops is not None:
+            self._keep_crops(frame, driver, t, index)
+            for e in events:
+                self._attach_crops(e)
         if self._behind is not None and driver is not None:
             self._behind.submit(frame, driver.points)
             self._behind_frame = index
@@ -145,6 +156,22 @@ class Pipeline:
             "detector": t3 - t2,
         }
         return FrameResult(features=feats, events=events, face=driver, faces=len(faces), models=outputs)
+
+    def _keep_crops(self, frame: npt.NDArray[np.uint8], driver: Face | None, t: float, index: int) -> None:
+        assert self._crops is not None
+        pair = raw_eye_crops(frame, driver.points) if driver is not None else _NO_CROPS
+        self._crops.append((index, t, pair))
+        horizon = t - self.cfg.detector.window_s - 1.0
+        while self._crops and self._crops[0][1] < horizon:
+            self._crops.popleft()
+
+    def _attach_crops(self, e: Event) -> None:
+        """The crops of the frames in the event's window, in its order (black where none)."""
+        if not e.features or self._crops is None:
+            return
+        by_frame = {i: pair for i, _, pair in self._crops}
+        n, png = encode_crops([by_frame.get(s.frame, _NO_CROPS) for s in e.features])
+        e.crops = EyeCrops(frames=n, png=png)
 
     def _collect_behind(self) -> list[Event]:
         """The eye-state output of the frame before, given to the detector before this one."""

@@ -5,9 +5,9 @@ Each labelled event of the export becomes one short clip (its feature window) of
 person, and the export's held-out vehicles join the held-out people.  A label says whether the
 eyes were shut in the event's own span (the end of its window): ``confirmed`` shut,
 ``false_alarm`` open, ``unsure`` unlabelled; frames before the span and frames without a face
-are unlabelled too.  The export has no eye crops (the vehicle sends features only), so the
-eye-state model cannot train on it; the temporal model can, and takes as its eye-state input
-the model output the vehicle recorded in shadow mode (``eye_closed``), where there is one.
+are unlabelled too.  Eye crops come with the events of vehicles that capture them
+(``capture.eye_crops``, opt-in); the temporal model takes as its eye-state input the model
+output the vehicle recorded in shadow mode (``eye_closed``), where there is one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.perception.eyecrop import CROP_H, CROP_W
+from edge_agent.perception.eyecrop import CROP_H, CROP_W, decode_crops
 
 from .dataset import FEATURES, ClipData
 
@@ -90,10 +90,16 @@ def event_clip(rec: dict[str, Any]) -> ClipData | None:
     inside = t >= t[-1] - span_s
     labels = np.full(n, -1, dtype=np.int8)
     labels[inside & (face > 0.5)] = LABEL_VALUE[rec["label"]]
+    crops = np.zeros((n, 2, CROP_H, CROP_W), dtype=np.uint8)
+    if rec.get("crops"):  # the vehicle captured them (capture.eye_crops)
+        got = decode_crops(rec["crops"]["frames"], rec["crops"]["png"])
+        if len(got) != n:
+            raise ValueError(f"event {rec['event_id']}: {len(got)} crop pairs for a window of {n} frames")
+        crops = got
     return ClipData(
         clip=f"fleet/{rec['event_id']}",
         subject=f"fleet:{rec['device_id']}",
-        crops=np.zeros((n, 2, CROP_H, CROP_W), dtype=np.uint8),
+        crops=crops,
         lids=np.zeros((n, 2, 2, 9, 2), dtype=np.float32),
         labels=labels,
         t=t,

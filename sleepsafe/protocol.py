@@ -170,10 +170,39 @@ class FeatureSample(BaseModel):
         return _drop_absent(handler(self))
 
 
+CROPS_MAX_CHARS = 512 * 1024  # base64 of one window's crops: ~40 KB at 48 frames, bounded
+
+
+class EyeCrops(BaseModel):
+    """The eye crops of an event's window (``capture.eye_crops``): one PNG, a row per frame of
+    the window in order, both eyes side by side (image-left eye first, the right one mirrored,
+    as the eye-state model sees them); an all-black pair where the frame had no face."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: Literal[48] = 48  # of one eye
+    height: Literal[24] = 24
+    frames: Count
+    png: str = Field(max_length=CROPS_MAX_CHARS, pattern=r"^[A-Za-z0-9+/=]*$", description="Base64 PNG.")
+
+
+# Fields added after the first sinks shipped: left out when unset, so a vehicle that does not use
+# them sends exactly what an older sink reads.
+_LATER_EVENT_FIELDS = ("acknowledged_ms", "acknowledged_via", "crops")
+
+
 class _EventFields(BaseModel):
     """What every version of an event record carries."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_later_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        d: dict[str, Any] = handler(self)
+        for k in _LATER_EVENT_FIELDS:
+            if d.get(k, 0) is None:
+                del d[k]
+        return d
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Same for raised/ended records.")
     device_id: DeviceId
@@ -202,6 +231,7 @@ class _EventFields(BaseModel):
     acknowledged_via: Literal["button", "command", "cli", "signal"] | None = Field(
         None, description="How the driver acknowledged it: a button, an MQTT command, the CLI, a signal."
     )
+    crops: EyeCrops | None = Field(None, description="The window's eye crops, if the vehicle sends them.")
 
 
 class Event(_EventFields):

@@ -42,7 +42,15 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Store, str]]:
     raised = event(
         n=1, features=window, start_time=datetime.now(timezone.utc), raised_time=datetime.now(timezone.utc)
     )
-    store.write([wire("event", raised)])
+    import numpy as np
+
+    from edge_agent.perception.eyecrop import encode_crops
+    from sleepsafe.protocol import EyeCrops
+
+    n, png = encode_crops([np.full((2, 24, 48), 40 + 4 * i, dtype=np.uint8) for i in range(48)])
+    raised.crops = EyeCrops(frames=n, png=png)
+    ended = event(n=1, phase="ended", features=window, acknowledged_ms=2500, acknowledged_via="cli")
+    store.write([wire("event", raised), wire("event", ended)])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -88,6 +96,8 @@ def test_event_page_plots_the_window_and_labels_with_a_click(
             "openness", "iris visibility", "pitch (°)", "model P(closed)",
         ]  # fmt: skip
         assert page.locator("#label").text_content() == "confirmed"
+        assert page.locator("img.crops").evaluate("i => i.complete && i.naturalHeight") == 48 * 24
+        assert "Acknowledged by the driver (cli" in (page.locator("#ack").text_content() or "")
         page.fill("#labeller", "carol")
         page.fill("#note", "sunglasses")
         page.click('button[data-label="false_alarm"]')

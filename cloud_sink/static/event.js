@@ -69,6 +69,18 @@ function fill(ev) {
   // The opening record (raised or instant) holds the frames before the alert.
   const first = ev.records.find(r => r.phase !== "ended") || ev.records[0];
   document.body.dataset.points = drawWindow(first);
+  const ack = ev.records.find(r => r.acknowledged_via);
+  document.getElementById("ack").textContent = ack
+    ? "Acknowledged by the driver (" + ack.acknowledged_via + ", stream clock " + ack.acknowledged_ms + " ms)."
+    : "Not acknowledged by the driver.";
+  if (first.crops && first.crops.png) {
+    // One row per frame of the window, oldest first, both eyes side by side.
+    const img = document.createElement("img");
+    img.src = "data:image/png;base64," + first.crops.png;
+    img.alt = first.crops.frames + " frames of eye crops";
+    img.className = "crops";
+    document.getElementById("crops").replaceChildren(img);
+  }
 }
 
 async function load() {

@@ -159,3 +159,36 @@ def lid_contours(points: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
                 xy[:, 0] = CROP_W - 1 - xy[:, 0]
             out[k, j] = xy
     return out
+
+
+def encode_crops(pairs: list[npt.NDArray[np.uint8]]) -> tuple[int, str]:
+    """Frames' crop pairs ``(2, CROP_H, CROP_W)`` as one base64 PNG (a row per frame, both eyes
+    side by side): (frames, base64).  PNG, not JPEG: lossless, so what trains later is what the
+    vehicle saw, and the flat crops of a small window compress well anyway."""
+    import base64
+
+    if not pairs:
+        return 0, ""
+    mosaic = np.concatenate([np.concatenate([p[0], p[1]], axis=1) for p in pairs], axis=0)
+    ok, buf = cv2.imencode(".png", mosaic, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
+        raise ValueError("PNG encoding failed")
+    return len(pairs), base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def decode_crops(frames: int, png: str) -> npt.NDArray[np.uint8]:
+    """Back to ``(frames, 2, CROP_H, CROP_W)``; a ValueError names what does not fit."""
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(png, validate=True)
+    except binascii.Error as err:
+        raise ValueError(f"eye crops are not base64: {err}") from None
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if img is None or img.shape != (frames * CROP_H, 2 * CROP_W):
+        got = None if img is None else img.shape
+        raise ValueError(f"eye crops: expected a {frames * CROP_H}x{2 * CROP_W} PNG, got {got}")
+    rows = img.reshape(frames, CROP_H, 2, CROP_W)
+    out: npt.NDArray[np.uint8] = np.ascontiguousarray(rows.transpose(0, 2, 1, 3))
+    return out
