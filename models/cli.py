@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     pr.add_argument("--data", type=Path, default=default_data_dir())
     es = sub.add_parser("eye-state", help="train the eye-state CNN (leave-one-subject-out + held-out test)")
-    es.add_argument("--data", type=Path, default=default_data_dir())
+    es.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        help="prepared clips, or a `sleepsafe-sink dataset export` with eye crops (repeatable)",
+    )
     es.add_argument("--out", type=Path, default=REPO / "models" / "checkpoints" / "eye_state.pt")
     es.add_argument("--epochs", type=int, default=30)
     es.add_argument("--seed", type=int, default=7)
@@ -205,14 +210,33 @@ def main(argv: list[str] | None = None) -> int:
             out = {k: report[k] for k in ("leave_one_subject_out", "held_out", "data") if k in report}
             print(json.dumps({**out, "datasets": datasets}, indent=2))
             return 0
+        from .dataset import TEST_SUBJECTS
         from .eye_state import TrainConfig, run_training
+        from .fleet import is_export, load_export
 
+        eye_clips: list[ClipData] = []
+        eye_held = set(TEST_SUBJECTS)
+        stills: list[ClipData] = []
+        for directory in args.data or [default_data_dir()]:
+            if is_export(directory):
+                fleet = load_export(directory)
+                # Only events whose vehicle captured eye crops (capture.eye_crops) can train it.
+                eye_clips += [c for c in fleet.clips if c.crops.any()]
+                eye_held |= fleet.held_out_subjects
+            else:
+                eye_clips += load_all(directory)
+                stills += load_stills(directory)
+        if not eye_clips:
+            raise ValueError(
+                "no clip with eye crops to train on (exports need capture.eye_crops on the vehicles)"
+            )
         report = run_training(
-            load_all(args.data),
+            eye_clips,
             args.out,
             TrainConfig(epochs=args.epochs, seed=args.seed, narrowed_share=args.narrowed_share),
             not args.no_progress,
-            stills=load_stills(args.data),
+            stills=stills,
+            test_subjects=frozenset(eye_held),
         )
         print(
             json.dumps(

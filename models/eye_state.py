@@ -410,20 +410,22 @@ def run_training(
     cfg: TrainConfig,
     progress: bool = True,
     stills: list[ClipData] | None = None,
+    test_subjects: frozenset[str] | tuple[str, ...] = TEST_SUBJECTS,
 ) -> dict[str, Any]:
     """Leave-one-subject-out figures on the clip subjects that have real closures, then the
     shipped model trained on all training subjects and tested once on the held-out subject.
     ``stills`` (open eyes of more people) always train: they have no closed eyes to test on."""
     stills = stills or []
-    clash = sorted({c.subject for c in stills} & set(TEST_SUBJECTS))
+    held_names = tuple(sorted(test_subjects))
+    clash = sorted({c.subject for c in stills} & set(held_names))
     if clash:
         # A still that shares a held-out person's letter would train under that name, and the
         # report would list a held-out person among the training subjects.
         raise ValueError(f"stills use held-out subject names {clash}: give those faces letters of their own")
-    held_out = [c for c in clips if c.subject in TEST_SUBJECTS]
-    clip_subjects = sorted({c.subject for c in clips} - set(TEST_SUBJECTS))
+    held_out = [c for c in clips if c.subject in held_names]
+    clip_subjects = sorted({c.subject for c in clips} - set(held_names))
     still_subjects = sorted({c.subject for c in stills} - set(clip_subjects))
-    pool = [c for c in clips if c.subject not in TEST_SUBJECTS] + stills
+    pool = [c for c in clips if c.subject not in held_names] + stills
     report: dict[str, Any] = {
         "model": ARCH,
         "version": VERSION,
@@ -474,7 +476,7 @@ def run_training(
         "stills": sorted(c.clip for c in stills),
     }
     if held_out:
-        test = eye_samples(held_out, TEST_SUBJECTS)
+        test = eye_samples(held_out, held_names)
         p = predict(res.model, test.crops, test.lids)
         report["held_out"] = {
             "subject": ",".join(sorted({c.subject for c in held_out})),
@@ -493,7 +495,7 @@ def run_training(
         report["held_out"]["by_subject"] = by_subject_scores(test, p, cfg.closed_ratio, tuned["cut"])
     report["history"] = res.history
     report["train_seconds"] = round(time.time() - t0, 1)
-    _save(out, res.model, report, eye_samples(held_out, TEST_SUBJECTS) if held_out else data, data, cfg)
+    _save(out, res.model, report, eye_samples(held_out, held_names) if held_out else data, data, cfg)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     return report
 
