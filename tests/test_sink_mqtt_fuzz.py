@@ -207,6 +207,13 @@ EVENT_TAGS: dict[str, Tag] = {
     "is_drowsy": BOOL,
     "perclos": _float(0, 1, True),
     "model_versions": Tag("map", omittable=True),
+    # Later fields, left out by vehicles that do not use them (never generated, so never mutated;
+    # their own tests: test_ack.py, test_eye_crops.py).
+    "acknowledged_ms": _int(MILLIS_MAX, True),
+    "acknowledged_via": Tag(
+        "enum", values=("button", "command", "cli", "signal"), nullable=True, omittable=True
+    ),
+    "crops": Tag("crops", nullable=True, omittable=True),
 }
 TELEMETRY_TAGS: dict[str, Tag] = {
     "v": Tag("v"),
