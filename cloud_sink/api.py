@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as FPath
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import parse as parse_limit
@@ -292,7 +293,7 @@ def create_app(
         body = await request.body()
         item = validate(topic(device_id, kind), body, max_bytes, clock)  # type: ignore[arg-type]
         items: list[Valid | Rejected] = [item]
-        res = _store(items)
+        res = await run_in_threadpool(_store, items)  # the database must not hold up the event loop
         if isinstance(items[0], Rejected):
             response.status_code = 422
             return {"result": "dead_letter", "code": items[0].code, "reason": items[0].reason}
@@ -312,7 +313,7 @@ def create_app(
             )
         entries = _batch_entries(body)
         if isinstance(entries, str):  # not a batch at all: the whole body is the dead letter
-            _store([Rejected("http:/telemetry/batch", body, entries, "json")])
+            await run_in_threadpool(_store, [Rejected("http:/telemetry/batch", body, entries, "json")])
             response.status_code = 422
             return {
                 "stored": 0,
@@ -335,7 +336,7 @@ def create_app(
                 )
             else:
                 items.append(validate(topic(device, kind), raw, max_bytes, clock))  # type: ignore[arg-type]
-        res = _store(items)
+        res = await run_in_threadpool(_store, items)
         rejected = [
             {"index": i, "reason": it.reason} for i, it in enumerate(items) if isinstance(it, Rejected)
         ]

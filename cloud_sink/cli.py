@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,6 +172,8 @@ def _cmd_label(store: Store, args: argparse.Namespace) -> int:
     except ValueError:
         return _die(Exit.USAGE, f"label: {args.event_id[:80]!r} is not an event id (a UUID)")
     by = args.by or getpass.getuser()
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.@ -]{0,63}$", by):
+        return _die(Exit.USAGE, f"label: --by {by[:80]!r}: a name of up to 64 letters, digits and _ . @ - ")
     try:
         row = store.label_event(event_id, args.label, by, args.note)
     except UnknownEvent:

@@ -8,15 +8,14 @@ is also the dataset's id).  ``sleepsafe-train temporal --data DIR`` reads it bes
 labelled clips (models/fleet.py) and refuses one whose hash does not match.
 
 Held-out events are chosen per vehicle, never per frame or per event: a model scored on frames
-of a driver it trained on would look better than it is.  Which vehicles are held out depends
-only on their ids (a hash), so the split is the same in every export.
+of a driver it trained on would look better than it is.  A vehicle is held out when its id
+hashes below the share, so it stays on the same side in every export.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,14 +36,22 @@ class EmptyExport(ValueError):
     """Nothing matches: no labelled event (of those asked for) is stored."""
 
 
+def _unit_hash(device: str) -> float:
+    return int(hashlib.sha256(device.encode()).hexdigest(), 16) / 2**256
+
+
 def held_out_devices(devices: list[str], share: float) -> list[str]:
-    """The vehicles kept out of training: ``share`` of them (at least one when there are two or
-    more, none when there is one), by a hash of their ids, so every export agrees."""
+    """The vehicles kept out of training: each one whose id hashes below ``share`` (so a vehicle
+    is held out, or not, in every export, however many vehicles there are); when that picks none
+    of two or more, the one with the lowest hash, so there is always something to test on."""
     if len(devices) < 2 or share <= 0:
         return []
-    ranked = sorted(devices, key=lambda d: hashlib.sha256(d.encode()).hexdigest())
-    n = min(len(devices) - 1, max(1, math.floor(share * len(devices) + 0.5)))
-    return sorted(ranked[:n])
+    held = sorted(d for d in devices if _unit_hash(d) < share)
+    if not held:
+        held = [min(devices, key=_unit_hash)]
+    if len(held) == len(devices):
+        held.remove(max(held, key=_unit_hash))  # keep one to train on
+    return held
 
 
 def export(

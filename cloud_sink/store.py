@@ -656,6 +656,12 @@ class Store:
             except OverflowError:  # older than datetime.min: nothing is that old
                 continue
             old = table.c[column] < cutoff
+            if table is schema.events:
+                # A labelled event is training data: its rows (window, crops) stay with its label.
+                labelled = select(schema.event_labels.c.id).where(
+                    schema.event_labels.c.event_id == schema.events.c.event_id
+                )
+                old = and_(old, ~labelled.exists())
             if dry_run:
                 with self.engine.connect() as conn:
                     q = select(func.count()).select_from(table).where(old)

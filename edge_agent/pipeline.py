@@ -10,6 +10,7 @@ from datetime import datetime
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from edge_agent.config import EdgeConfig
 from edge_agent.inference.outputs import NO_MODELS, ModelOutputs
@@ -22,6 +23,13 @@ from edge_agent.policy.detector import Detector
 from sleepsafe.protocol import Event, EyeCrops
 
 _NO_CROPS = np.zeros((2, CROP_H, CROP_W), dtype=np.uint8)
+# An event's crops are left out beyond this (base64 characters): well inside the sink's default
+# 256 KiB payload limit with the rest of the record, so a long window never loses the alarm.
+CROPS_BUDGET_CHARS = 160 * 1024
+# The shadow eye-state output of the frame before: normally ready long before it is asked for.
+SHADOW_RESULT_TIMEOUT_S = 5.0
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -81,6 +89,7 @@ class Pipeline:
         self._crops: deque[tuple[int, float, npt.NDArray[np.uint8]]] | None = (
             deque() if cfg.capture.eye_crops else None
         )
+        self.crops_skipped = 0  # events sent without their crops: over CROPS_BUDGET_CHARS
         self.frames = 0
         self.frames_with_face = 0
         self.stage_s: dict[str, float] = {}
@@ -120,7 +129,15 @@ class Pipeline:
             eye_closed: float | None = None
             if self.eye_model is not None and self._behind is None:
                 tm = time.perf_counter()
-                eye_closed = float(self.eye_model.predict(eye_crops(frame, driver.points)).mean())
+                try:
+                    eye_closed = float(self.eye_model.predict(eye_crops(frame, driver.points)).mean())
+                except Exception as err:  # noqa: BLE001 - a model that fails falls back to EAR, once
+                    log.error(
+                        "eye_state_model_failed",
+                        error=f"{type(err).__name__}: {str(err)[:200]}",
+                        fallback="EAR alone",
+                    )
+                    self.eye_model = None
                 t_models += time.perf_counter() - tm
             outputs = ModelOutputs(eye_closed=eye_closed)
             if self.temporal is not None:
@@ -170,14 +187,29 @@ class Pipeline:
         if not e.features or self._crops is None:
             return
         by_frame = {i: pair for i, _, pair in self._crops}
-        n, png = encode_crops([by_frame.get(s.frame, _NO_CROPS) for s in e.features])
+        pairs = [by_frame.get(s.frame, _NO_CROPS) for s in e.features]
+        n, png = encode_crops(pairs)
+        if len(png) > CROPS_BUDGET_CHARS:  # a long window: the alarm record must stay deliverable
+            self.crops_skipped += 1
+            log.warning("eye_crops_skipped", frames=n, chars=len(png), budget=CROPS_BUDGET_CHARS)
+            return
         e.crops = EyeCrops(frames=n, png=png)
 
     def _collect_behind(self) -> list[Event]:
-        """The eye-state output of the frame before, given to the detector before this one."""
+        """The eye-state output of the frame before, given to the detector before this one.
+        A failing shadow model is turned off (one error line), never allowed to stop the frame
+        path: in shadow mode it decides nothing, so alerting must not depend on it."""
         if self._behind is None or not self._behind.pending:
             return []
-        prob = self._behind.result()
+        try:
+            prob = self._behind.result(timeout=SHADOW_RESULT_TIMEOUT_S)
+        except Exception as err:  # noqa: BLE001 - whatever the runtime raised, EAR carries on
+            log.error(
+                "shadow_model_failed", error=f"{type(err).__name__}: {str(err)[:200]}", fallback="EAR alone"
+            )
+            self._behind.close()
+            self._behind = None
+            return []
         return self.detector.late_outputs(self._behind_frame, ModelOutputs(eye_closed=prob))
 
     def camera_lost(self, t: float, index: int) -> list[Event]:

@@ -361,3 +361,29 @@ def test_shadow_models_change_no_alert_and_record_where_they_disagree(
     disagreements = [r for r in shadow if r[0] == "disagreement"]
     assert disagreements and all(start <= 14 for _, _, start, _ in disagreements), disagreements
     assert records("shadow") == shadow
+
+
+@pytest.mark.parametrize("mode", ["shadow", "on"])
+def test_a_failing_eye_state_model_never_stops_alerting(
+    make_cfg: Callable[..., EdgeConfig], clips: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The model's runtime fails mid-clip (a GPU lost, say): the agent logs it, carries on with
+    EAR alone, and still raises MICROSLEEP and SLEEP for the driver asleep."""
+    from edge_agent.inference.runtime import EyeStateModel
+    from edge_agent.replay import replay_clip
+    from sleepsafe.protocol import EventType
+
+    calls = [0]
+    real = EyeStateModel.predict
+
+    def failing(self: EyeStateModel, crops: Any) -> Any:
+        calls[0] += 1
+        if calls[0] > 10:
+            raise RuntimeError("CUDA error: device lost (injected)")
+        return real(self, crops)
+
+    monkeypatch.setattr(EyeStateModel, "predict", failing)
+    res = replay_clip(make_cfg(models={"mode": mode, "providers": ["cpu"]}), clips / ASLEEP[0])
+    raised = {e.type for e in res.raised}
+    assert {EventType.MICROSLEEP, EventType.SLEEP} <= raised
+    assert 11 <= calls[0] <= 12  # turned off at the first failure (in shadow, one frame behind)

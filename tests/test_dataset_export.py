@@ -163,3 +163,16 @@ def test_an_export_with_nothing_labelled_says_so(db_url: str, tmp_path: Path) ->
     assert not (tmp_path / "none").exists()
     bad = _cli(*sink, "dataset", "export", "--out", str(tmp_path / "x"), "--labels", "maybe")
     assert bad.returncode == 2 and "unknown label maybe" in bad.stderr
+
+
+def test_a_vehicle_stays_on_its_side_of_the_split_as_the_fleet_grows() -> None:
+    from cloud_sink.dataset import held_out_devices
+
+    # Once any vehicle hashes below the share (from a few dozen on), growth moves nobody; below
+    # that the one with the lowest hash stands in, which a newcomer with a lower hash replaces.
+    fleets = [[f"bus-{i}" for i in range(n)] for n in (40, 80, 200)]
+    splits = [set(held_out_devices(f, 0.2)) for f in fleets]
+    for small, big, fleet in zip(splits, splits[1:], fleets, strict=False):
+        assert small == big & set(fleet), "a vehicle changed sides when others joined"
+    assert 20 <= len(splits[-1]) <= 60  # about a fifth of 200
+    assert held_out_devices(["bus-1"], 0.2) == [] and len(held_out_devices(["a", "b"], 0.2)) == 1

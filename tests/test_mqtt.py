@@ -388,6 +388,9 @@ def test_an_ack_command_reaches_the_agent_and_a_bad_one_is_ignored(broker: Any, 
 
         send(b'{"command": "reboot"}')
         send(b"\xff")
+        old = datetime.now(timezone.utc).timestamp() - 3600
+        stale = Command(command="ack", time=datetime.fromtimestamp(old, timezone.utc))
+        send(stale.model_dump_json().encode())  # an hour late: the alert it meant has passed
         send(Command(command="ack", time=datetime.now(timezone.utc)).model_dump_json().encode())
         wait_until(lambda: len(got) == 1, "the ack")
         assert got[0].command == "ack" and pub.connected.is_set()

@@ -51,3 +51,18 @@ def test_native_noise_dropped_errors_and_python_kept() -> None:
 def test_everything_kept_when_asked() -> None:
     err = _run({"SLEEPSAFE_NATIVE_LOGS": "all"})
     assert "Feedback manager" in err and "XNNPACK" in err
+
+
+def test_a_fatal_native_line_survives_the_abort_that_follows() -> None:
+    """MediaPipe's "F... Check failed" is followed by abort(): the line must still get out."""
+    script = (
+        "import os\n"
+        "from edge_agent.perception.nativelog import filter_native_logs\n"
+        "assert filter_native_logs()\n"
+        "os.write(2, b'F0000 00:00:1.0    7 graph.cc:42] Check failed: the last words\\n')\n"
+        "os.abort()\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert p.returncode != 0 and "Check failed: the last words" in p.stderr, (p.returncode, p.stderr)

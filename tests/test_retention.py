@@ -75,8 +75,8 @@ def test_prune_deletes_what_is_older_than_its_retention_by_stored_at(db_url: str
     store = Store(db_url)
     try:
         fill(store)
-        # A label on an event that retention removes: labels are the fleet's training data and
-        # are never pruned.
+        # A label on an event that retention would remove: labels are the fleet's training data,
+        # so neither they nor the labelled event's rows are pruned.
         pruned = sorted(event_ids(store) - {eid(7), eid(10), eid(11), eid(12)})[0]
         store.label_event(pruned.split("/")[0], "confirmed", "ops")
         before = store.counts()
@@ -84,12 +84,13 @@ def test_prune_deletes_what_is_older_than_its_retention_by_stored_at(db_url: str
             "events": 11, "telemetry": 9, "devices": 1, "status_log": 3, "dead_letters": 5, "event_labels": 1,
         }  # fmt: skip
 
-        assert store.prune(now=NOW, dry_run=True) == EXPECTED  # the configured defaults
+        expected = {**EXPECTED, "events": EXPECTED["events"] - 1}  # the labelled one stays
+        assert store.prune(now=NOW, dry_run=True) == expected  # the configured defaults
         assert store.counts() == before, "a dry run deleted something"
 
-        assert store.prune(now=NOW) == EXPECTED
+        assert store.prune(now=NOW) == expected
         assert store.counts() == {
-            "events": 4,
+            "events": 5,
             "telemetry": 4,
             "devices": 1,
             "status_log": 1,
@@ -97,7 +98,7 @@ def test_prune_deletes_what_is_older_than_its_retention_by_stored_at(db_url: str
             "event_labels": 1,
         }
         # The boundary row (exactly 365 days) stays; the badly clocked but fresh rows stay.
-        assert event_ids(store) == {eid(7), eid(10), eid(11), eid(12)}
+        assert event_ids(store) == {eid(7), eid(10), eid(11), eid(12), pruned}
         with store.engine.connect() as conn:
             assert conn.execute(select(schema.status_log.c.seq)).scalars().all() == [2]
             assert sorted(conn.execute(select(schema.dead_letters.c.times_seen)).scalars()) == [1, 1, 2]

@@ -43,10 +43,12 @@ class PipelinedEyeState:
             self._job, self._result, self._busy = (frame, points), None, True
             self._cv.notify_all()
 
-    def result(self) -> float:
-        """P(closed) of the submitted frame, both eyes averaged; waits for it if need be."""
+    def result(self, timeout: float | None = None) -> float:
+        """P(closed) of the submitted frame, both eyes averaged; waits for it if need be
+        (TimeoutError after ``timeout`` seconds)."""
         with self._cv:
-            self._cv.wait_for(lambda: self._result is not None or not self._busy)
+            if not self._cv.wait_for(lambda: self._result is not None or not self._busy, timeout=timeout):
+                raise TimeoutError(f"the shadow eye-state model gave no result in {timeout} s")
             res, self._result, self._busy = self._result, None, False
         if isinstance(res, BaseException):
             raise res
@@ -57,6 +59,7 @@ class PipelinedEyeState:
     def close(self) -> None:
         with self._cv:
             self._closed = True
+            self._busy = False  # a job not yet picked up is dropped; result() no longer waits
             self._cv.notify_all()
         self._thread.join(timeout=5)
 

@@ -29,6 +29,9 @@ from sleepsafe.protocol import Command, Receipt, Status, topic
 
 log = structlog.get_logger(__name__)
 
+# An operator's command older than this (or retained) is stale: the alert it meant has passed.
+COMMAND_MAX_AGE_S = 30.0
+
 
 def next_backoff(current: int, receipts_since: bool) -> int:
     """Resend rounds with no receipt in between double the wait (up to 16 × receipt_timeout_s);
@@ -250,6 +253,13 @@ class Publisher:
             cmd = Command.model_validate_json(msg.payload)
         except ValueError as err:
             log.warning("mqtt_bad_command", topic=msg.topic, error=str(err).splitlines()[0][:200])
+            return
+        age = (datetime.now(timezone.utc) - cmd.time).total_seconds()
+        if msg.retain or not -COMMAND_MAX_AGE_S < age < COMMAND_MAX_AGE_S:
+            # A retained or late ack would acknowledge whatever alert happens to be up now.
+            log.warning(
+                "mqtt_stale_command", command=cmd.command, retained=bool(msg.retain), age_s=round(age, 1)
+            )
             return
         log.info("mqtt_command", command=cmd.command)
         if self.on_command is not None:
