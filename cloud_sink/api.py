@@ -241,9 +241,10 @@ def create_app(
         status_code=201,
         summary="Label an event (confirmed, false_alarm, unsure); every label is kept, with what it replaced",
     )
-    def label_event(_: Auth, event_id: EventId, body: LabelIn) -> dict[str, Any]:
+    def label_event(key: Auth, event_id: EventId, body: LabelIn) -> dict[str, Any]:
         try:
-            return store.label_event(str(event_id), body.label, body.labeller, body.note)
+            # The labeller is the name typed; the token it came with is kept beside it.
+            return store.label_event(str(event_id), body.label, body.labeller, body.note, token=key)
         except UnknownEvent:
             raise HTTPException(404, f"no event {event_id}") from None
 

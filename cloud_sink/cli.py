@@ -175,7 +175,7 @@ def _cmd_label(store: Store, args: argparse.Namespace) -> int:
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.@ -]{0,63}$", by):
         return _die(Exit.USAGE, f"label: --by {by[:80]!r}: a name of up to 64 letters, digits and _ . @ - ")
     try:
-        row = store.label_event(event_id, args.label, by, args.note)
+        row = store.label_event(event_id, args.label, by, args.note, token="cli")
     except UnknownEvent:
         return _die(Exit.NOINPUT, f"label: no event {event_id} in {store.safe_url}")
     if args.json:

@@ -148,6 +148,7 @@ event_labels = Table(
     Column("previous", String(16)),
     Column("note", Text, nullable=False),
     Column("labeller", String(64), nullable=False),
+    Column("token", String(16)),  # which API token gave it (its digest's first 16 hex), or "cli"
     Column("time", DateTime, nullable=False),
     Index("ix_event_labels_event_id", "event_id", "id"),
 )

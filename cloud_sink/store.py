@@ -378,7 +378,13 @@ class Store:
         }
 
     def label_event(
-        self, event_id: str, label: str, labeller: str, note: str = "", now: datetime | None = None
+        self,
+        event_id: str,
+        label: str,
+        labeller: str,
+        note: str = "",
+        now: datetime | None = None,
+        token: str | None = None,
     ) -> dict[str, Any]:
         """Record ``label`` for the event, keeping what it replaces: a new row each time, never
         an update, so who said what and when stays readable."""
@@ -390,6 +396,7 @@ class Store:
             "label": label,
             "note": note,
             "labeller": labeller,
+            "token": token,
             "time": utc(now or now_utc()),
         }
         with self.engine.begin() as conn:
@@ -809,7 +816,7 @@ def _times_out(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _label_out(r: Any) -> dict[str, Any]:
-    d = _times_out({k: r[k] for k in ("label", "previous", "note", "labeller", "time")})
+    d = _times_out({k: r[k] for k in ("label", "previous", "note", "labeller", "token", "time")})
     return d
 
 

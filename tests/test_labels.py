@@ -98,6 +98,9 @@ def test_label_through_the_api(api: tuple[Any, Store]) -> None:
     )
     assert r.status_code == 201, r.text
     assert r.json()["label"] == "confirmed" and r.json()["previous"] is None
+    import hashlib
+
+    assert r.json()["token"] == hashlib.sha256(API_TOKEN.encode()).hexdigest()[:16]  # the audit's "who"
     r = client.post(f"/events/{eid.upper()}/label", json={"label": "unsure", "labeller": "bob"})
     assert r.status_code == 201 and r.json()["previous"] == "confirmed"  # ids in any case
     got = client.get(f"/events/{eid}").json()
@@ -165,7 +168,7 @@ def test_label_from_the_command_line(store: Store, db_url: str, tmp_path: Path) 
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout) | {"time": None} == {
         "event_id": eid, "label": "false_alarm", "previous": None, "note": "sun glare", "labeller": "carol",
-        "time": None,
+        "token": "cli", "time": None,
     }  # fmt: skip
     p = _sink(db_url, tmp_path, "label", eid, "--as", "confirmed", "--by", "dave")
     assert p.returncode == 0 and p.stdout.strip() == f"{eid}: confirmed (was false_alarm), by dave"
