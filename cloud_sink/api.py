@@ -39,7 +39,7 @@ from sleepsafe.protocol import EventType, topic
 
 from .config import SinkConfig
 from .ingest import Ingest, Metrics
-from .labels import EventLabel
+from .labels import LABELLER_PATTERN, EventLabel
 from .store import Store, UnknownEvent, WriteResult, one_line
 from .validate import DEVICE_RE, ClockWindow, Rejected, Valid, validate
 
@@ -94,9 +94,7 @@ class LabelIn(BaseModel):
     label: EventLabel = Field(
         description="confirmed: a real alert; false_alarm: nothing was wrong; unsure: cannot tell."
     )
-    labeller: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@ -]{0,63}$", description="Who says so (a name or an e-mail)."
-    )
+    labeller: str = Field(pattern=LABELLER_PATTERN, description="Who says so (a name or an e-mail).")
     note: str = Field("", max_length=500, pattern=r"^[^\x00]*$", description="Why, in a few words.")
 
 

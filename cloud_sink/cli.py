@@ -23,7 +23,7 @@ from sleepsafe.redact import redacted
 from sleepsafe.settings import ConfigError, parse_overrides
 
 from .config import DEFAULT_SINK_CONFIG_PATH, load_sink_config
-from .labels import EVENT_LABELS
+from .labels import EVENT_LABELS, LABELLER_PATTERN
 
 if TYPE_CHECKING:
     from .config import SinkConfig
@@ -172,7 +172,7 @@ def _cmd_label(store: Store, args: argparse.Namespace) -> int:
     except ValueError:
         return _die(Exit.USAGE, f"label: {args.event_id[:80]!r} is not an event id (a UUID)")
     by = args.by or getpass.getuser()
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.@ -]{0,63}$", by):
+    if not re.match(LABELLER_PATTERN, by):
         return _die(Exit.USAGE, f"label: --by {by[:80]!r}: a name of up to 64 letters, digits and _ . @ - ")
     try:
         row = store.label_event(event_id, args.label, by, args.note, token="cli")

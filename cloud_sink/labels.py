@@ -7,3 +7,5 @@ from typing import Literal, get_args
 
 EventLabel = Literal["confirmed", "false_alarm", "unsure"]
 EVENT_LABELS: tuple[str, ...] = get_args(EventLabel)
+# Who gives a label: a name or an e-mail, as stored (64 characters).
+LABELLER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@ -]{0,63}$"

@@ -16,7 +16,7 @@ from edge_agent.config import EdgeConfig
 from edge_agent.inference.outputs import NO_MODELS, ModelOutputs
 from edge_agent.inference.pipelined import PipelinedEyeState
 from edge_agent.inference.runtime import EyeStateModel, TemporalModel, load_eye_state, load_temporal
-from edge_agent.perception.eyecrop import CROP_H, CROP_W, encode_crops, eye_crops, raw_eye_crops
+from edge_agent.perception.eyecrop import CROP_H, CROP_W, encode_crops, raw_eye_crops
 from edge_agent.perception.features import FrameFeatures, compute_features, no_face, temporal_vector
 from edge_agent.perception.landmarks import Face, LandmarkBackend, create_backend, largest_face, to_rgb
 from edge_agent.policy.detector import Detector
@@ -130,7 +130,7 @@ class Pipeline:
             if self.eye_model is not None and self._behind is None:
                 tm = time.perf_counter()
                 try:
-                    eye_closed = float(self.eye_model.predict(eye_crops(frame, driver.points)).mean())
+                    eye_closed = self.eye_model.closed_prob(frame, driver.points)
                 except Exception as err:  # noqa: BLE001 - a model that fails falls back to EAR, once
                     log.error(
                         "eye_state_model_failed",

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 for path in prepare_stills(source, args.stills, args.data):
                     print(path)
             return 0
-        from .dataset import load_all, load_stills
+        from .dataset import load_all
 
         if args.command == "score":
             from edge_agent.inference.runtime import ModelError
@@ -170,26 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(scores, indent=2) if args.json else format_scores(scores))
             return 0
         if args.command == "temporal":
-            from .dataset import TEST_SUBJECTS
-            from .fleet import is_export, load_export
+            from .fleet import load_training_data
             from .temporal import TemporalTrainConfig
             from .temporal import run_training as run_temporal
 
-            data: list[ClipData] = []
-            fleet_probs: dict[str, Any] = {}
-            held_out = set(TEST_SUBJECTS)
-            datasets = []
-            for directory in args.data or [default_data_dir()]:
-                if is_export(directory):
-                    fleet = load_export(directory)
-                    data += fleet.clips
-                    fleet_probs.update(fleet.eye_probs)
-                    held_out |= fleet.held_out_subjects
-                    datasets.append({"export": str(directory), "dataset_id": fleet.manifest["dataset_id"]})
-                else:
-                    data += load_all(directory)
-                    datasets.append({"clips": str(directory)})
-            repo_clips = [c for c in data if c.clip not in fleet_probs]
+            loaded = load_training_data(args.data or [default_data_dir()])
+            data, fleet_probs, datasets = loaded.clips, loaded.fleet_probs, loaded.datasets
+            repo_clips = [c for c in data if not loaded.is_fleet(c)]
             probs, source = (
                 eye_probabilities(repo_clips, args.eye_model, args.eye_folds)
                 if str(args.eye_model) != "none" and repo_clips
@@ -197,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if fleet_probs:  # the eye-state output the vehicle recorded (shadow mode)
                 probs = {**(probs or {}), **fleet_probs}
-                source.update({c.subject: "vehicle (shadow)" for c in data if c.clip in fleet_probs})
+                source.update({c.subject: "vehicle (shadow)" for c in data if loaded.is_fleet(c)})
             report = run_temporal(
                 data,
                 args.out,
@@ -205,27 +192,18 @@ def main(argv: list[str] | None = None) -> int:
                 probs,
                 not args.no_progress,
                 eye_prob_source=source,
-                test_subjects=frozenset(held_out),
+                test_subjects=loaded.held_out,
             )
             out = {k: report[k] for k in ("leave_one_subject_out", "held_out", "data") if k in report}
             print(json.dumps({**out, "datasets": datasets}, indent=2))
             return 0
-        from .dataset import TEST_SUBJECTS
         from .eye_state import TrainConfig, run_training
-        from .fleet import is_export, load_export
+        from .fleet import load_training_data
 
-        eye_clips: list[ClipData] = []
-        eye_held = set(TEST_SUBJECTS)
-        stills: list[ClipData] = []
-        for directory in args.data or [default_data_dir()]:
-            if is_export(directory):
-                fleet = load_export(directory)
-                # Only events whose vehicle captured eye crops (capture.eye_crops) can train it.
-                eye_clips += [c for c in fleet.clips if c.crops.any()]
-                eye_held |= fleet.held_out_subjects
-            else:
-                eye_clips += load_all(directory)
-                stills += load_stills(directory)
+        eye_data = load_training_data(args.data or [default_data_dir()])
+        # Of the exports, only events whose vehicle captured eye crops (capture.eye_crops).
+        eye_clips = [c for c in eye_data.clips if not eye_data.is_fleet(c) or c.crops.any()]
+        stills = eye_data.stills
         if not eye_clips:
             raise ValueError(
                 "no clip with eye crops to train on (exports need capture.eye_crops on the vehicles)"
@@ -236,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             TrainConfig(epochs=args.epochs, seed=args.seed, narrowed_share=args.narrowed_share),
             not args.no_progress,
             stills=stills,
-            test_subjects=frozenset(eye_held),
+            test_subjects=eye_data.held_out,
         )
         print(
             json.dumps(

@@ -38,6 +38,42 @@ class FleetData:
     manifest: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class TrainingData:
+    """Everything the ``--data`` directories hold, prepared clips and exports alike."""
+
+    clips: list[ClipData]
+    stills: list[ClipData]
+    fleet_probs: dict[str, npt.NDArray[np.float32]]  # per fleet clip: the vehicle's eye_closed
+    held_out: frozenset[str]  # the repo's held-out people and the exports' held-out vehicles
+    datasets: list[dict[str, str]]  # what was read, exports by their id
+
+    def is_fleet(self, c: ClipData) -> bool:
+        return c.clip in self.fleet_probs
+
+
+def load_training_data(directories: list[Path]) -> TrainingData:
+    from .dataset import TEST_SUBJECTS, load_all, load_stills
+
+    clips: list[ClipData] = []
+    stills: list[ClipData] = []
+    probs: dict[str, npt.NDArray[np.float32]] = {}
+    held = set(TEST_SUBJECTS)
+    datasets: list[dict[str, str]] = []
+    for directory in directories:
+        if is_export(directory):
+            fleet = load_export(directory)
+            clips += fleet.clips
+            probs.update(fleet.eye_probs)
+            held |= fleet.held_out_subjects
+            datasets.append({"export": str(directory), "dataset_id": fleet.manifest["dataset_id"]})
+        else:
+            clips += load_all(directory)
+            stills += load_stills(directory)
+            datasets.append({"clips": str(directory)})
+    return TrainingData(clips, stills, probs, frozenset(held), datasets)
+
+
 def is_export(directory: Path) -> bool:
     return (directory / "manifest.json").is_file()
 

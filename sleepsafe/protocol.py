@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
@@ -167,7 +168,7 @@ class FeatureSample(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_absent_outputs(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _drop_absent(handler(self))
+        return _drop_unset(handler(self), MODEL_COLUMNS)
 
 
 CROPS_MAX_CHARS = 512 * 1024  # base64 of one window's crops: ~40 KB at 48 frames, bounded
@@ -198,11 +199,7 @@ class _EventFields(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_unset_later_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        d: dict[str, Any] = handler(self)
-        for k in _LATER_EVENT_FIELDS:
-            if d.get(k, 0) is None:
-                del d[k]
-        return d
+        return _drop_unset(handler(self), _LATER_EVENT_FIELDS)
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Same for raised/ended records.")
     device_id: DeviceId
@@ -257,10 +254,11 @@ WINDOW_DECIMALS = {
 MODEL_COLUMNS = {"eye_closed": 3, "temporal_closed": 3, "drowsy_score": 3}
 
 
-def _drop_absent(d: dict[str, Any]) -> dict[str, Any]:
-    """Model outputs that are absent are left out, not written as nulls: a vehicle without
-    models sends (and journals) exactly what a sink that predates them reads."""
-    for k in MODEL_COLUMNS:
+def _drop_unset(d: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """``keys`` that are None are left out, not written as nulls: a vehicle that does not use
+    a later field (the models' outputs, acknowledgements, crops) sends and journals exactly
+    what a sink that predates it reads."""
+    for k in keys:
         if d.get(k, 0) is None:
             del d[k]
     return d
@@ -291,7 +289,7 @@ class FeatureWindow(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_absent_outputs(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _drop_absent(handler(self))
+        return _drop_unset(handler(self), MODEL_COLUMNS)
 
     @model_validator(mode="after")
     def _one_length(self) -> FeatureWindow:

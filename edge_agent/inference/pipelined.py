@@ -16,7 +16,6 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.inference.runtime import EyeStateModel
-from edge_agent.perception.eyecrop import eye_crops
 
 
 class PipelinedEyeState:
@@ -76,7 +75,7 @@ class PipelinedEyeState:
             t0 = time.perf_counter()
             out: Any
             try:
-                out = float(self.model.predict(eye_crops(*job)).mean())
+                out = self.model.closed_prob(*job)
             except Exception as err:  # noqa: BLE001 - handed to the frame thread, raised there
                 out = err
             self.seconds = time.perf_counter() - t0

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import structlog
 
 from edge_agent.config import ModelsConfig
-from edge_agent.perception.eyecrop import CHANNELS, CROP_H, CROP_W
+from edge_agent.perception.eyecrop import CHANNELS, CROP_H, CROP_W, eye_crops
 
 log = structlog.get_logger(__name__)
 
@@ -264,6 +264,10 @@ class EyeStateModel(OnnxModel):
 
     def predict(self, crops: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return self.run(crops)[:, 0]
+
+    def closed_prob(self, frame: npt.NDArray[np.uint8], points: npt.NDArray[np.float64]) -> float:
+        """P(eyes closed) of a frame's driver, both eyes averaged."""
+        return float(self.predict(eye_crops(frame, points)).mean())
 
 
 def default_model_path(file: str) -> Path:

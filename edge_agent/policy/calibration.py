@@ -15,6 +15,7 @@ import numpy as np
 
 from edge_agent.config import DetectorConfig
 from edge_agent.perception.features import FrameFeatures
+from sleepsafe.protocol import clamp
 
 # A neutral pose outside this (degrees) is a driver who started slumped or turned, not neutral.
 NEUTRAL_POSE_MAX_DEG = 20.0
@@ -23,10 +24,6 @@ UNCALIBRATED_PITCH_DEG = 35.0
 # After calibration the baseline follows slow drift (lighting, seat position) with this time constant.
 DRIFT_TIME_CONSTANT_S = 60.0
 MIN_SAMPLES = 5
-
-
-def clamp(x: float, lo: float, hi: float) -> float:
-    return min(hi, max(lo, x))
 
 
 @dataclass(slots=True)
