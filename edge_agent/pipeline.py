@@ -209,6 +209,7 @@ class Pipeline:
             )
             self._behind.close()
             self._behind = None
+            self.eye_model = None  # not retried in line: it decides nothing in shadow mode
             return []
         return self.detector.late_outputs(self._behind_frame, ModelOutputs(eye_closed=prob))
 
