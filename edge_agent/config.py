@@ -390,6 +390,25 @@ class CaptureConfig(Section):
     )
 
 
+class AckButtonConfig(Section):
+    """A push button on a GPIO input line with which the driver acknowledges the active alert."""
+
+    chip: str | None = Field(None, description="GPIO chip of the button, e.g. /dev/gpiochip0 (unset: none).")
+    line: int = Field(0, ge=0, description="Line offset of the button on the chip.")
+    active_low: bool = Field(
+        True, description="The button pulls the line to ground when pressed (usual, with the pull-up)."
+    )
+    bias: Literal["pull_up", "pull_down", "disabled", "as_is"] = Field(
+        "pull_up", description="The line's bias resistor, where the chip has one."
+    )
+    debounce_s: float = Field(
+        0.05, ge=0, le=1, description="Contact bounce shorter than this is ignored (the kernel's debounce)."
+    )
+    hold_off_s: float = Field(
+        1.0, ge=0, le=60, description="Presses this soon after an accepted press count as the same press."
+    )
+
+
 class EdgeConfig(TomlSettings):
     """Everything the edge agent reads at start-up."""
 
@@ -428,6 +447,7 @@ class EdgeConfig(TomlSettings):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # type: ignore[arg-type]
     journal: JournalConfig = Field(default_factory=JournalConfig)  # type: ignore[arg-type]
     capture: CaptureConfig = Field(default_factory=CaptureConfig)  # type: ignore[arg-type]
+    ack_button: AckButtonConfig = Field(default_factory=AckButtonConfig)  # type: ignore[arg-type]
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
     stats_interval_s: float = Field(10.0, gt=0, description="How often runtime stats are logged.")
 

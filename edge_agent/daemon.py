@@ -23,7 +23,7 @@ import numpy as np
 import structlog
 
 from edge_agent.config import EdgeConfig
-from edge_agent.control import ControlServer
+from edge_agent.control import ControlServer, GpioAckButton
 from edge_agent.outputs.alerts import AlertDispatcher, build_outputs
 from edge_agent.outputs.journal import EventLog
 from edge_agent.outputs.spool import Spool
@@ -74,6 +74,7 @@ class Agent:
         self._acks: queue.SimpleQueue[str] = queue.SimpleQueue()  # how the driver acknowledged
         self.acknowledged = 0  # alerts the driver acknowledged
         self.control: ControlServer | None = None
+        self.button: GpioAckButton | None = None
         self.latency = LatencyWindow()
         self.stage_latency: dict[str, LatencyWindow] = {}
         self.frames = 0
@@ -309,6 +310,12 @@ class Agent:
             log.warning(
                 "control_socket_unavailable", path=str(cfg.state_dir / "control.sock"), error=str(err)
             )
+        if cfg.ack_button.chip:
+            try:
+                button = GpioAckButton(cfg.ack_button, lambda command: self.request_ack("button"))
+                self.button = button.start()
+            except RuntimeError as err:  # alerts still sound; the other ways to acknowledge still work
+                log.error("ack_button_unavailable", error=str(err))
         self.events = EventLog(cfg.state_dir / "events.jsonl", cfg.journal)
         self.alerts = AlertDispatcher(build_outputs(cfg.alerts, cfg.state_dir), cfg.alerts.queue_size)
         self.pipeline = Pipeline(cfg, full_landmarks=False)
@@ -353,6 +360,8 @@ class Agent:
             self.pipeline.close()
             if self.control is not None:
                 self.control.close()
+            if self.button is not None:
+                self.button.close()
             self.notifier.close()
             if self.preview is not None:
                 self.preview.close()

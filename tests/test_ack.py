@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import DetectorConfig, EdgeConfig
-from edge_agent.control import ControlServer, send
+from edge_agent.config import AckButtonConfig, DetectorConfig, EdgeConfig
+from edge_agent.control import ControlServer, GpioAckButton, PressFilter, send
 from sleepsafe.protocol import Event, EventType
 from tests.conftest import edge_cli, wait_until
 from tests.test_daemon import Recorder, start_agent
@@ -51,6 +51,42 @@ def test_the_control_socket_hands_commands_over_and_refuses_others(tmp_path: Pat
     assert not (tmp_path / "control.sock").exists()
     with pytest.raises(OSError):
         send(tmp_path, "ack")
+
+
+def test_one_press_of_the_button_is_one_acknowledgement() -> None:
+    """Kernel timestamps of the button's active edges: a second edge within the hold-off is the
+    same press (a double hit or a long bounce), one after it a new press."""
+    presses = PressFilter(hold_off_s=1.0)
+    ms = 1_000_000
+    edges = [0, 30 * ms, 999 * ms, 1000 * ms, 1500 * ms, 2100 * ms, 5000 * ms]
+    assert [presses.accept(t) for t in edges] == [True, False, False, True, False, True, True]
+    assert PressFilter(hold_off_s=0).accept(5) and PressFilter(hold_off_s=0).accept(5)
+    # A clock stepped back (a new boot of the chip's clock) never locks the button out.
+    back = PressFilter(hold_off_s=1.0)
+    assert back.accept(10 * 1000 * ms) and back.accept(1 * ms)
+
+
+def test_an_ack_button_on_a_missing_chip_names_it(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError) as err:
+        GpioAckButton(AckButtonConfig(chip=str(tmp_path / "gpiochip7"), line=4), lambda c: None)
+    msg = str(err.value)
+    assert "\n" not in msg and "gpiochip7" in msg and "line 4" in msg
+
+
+@pytest.mark.clips
+def test_an_unavailable_ack_button_is_reported_and_the_agent_runs_on(
+    make_cfg: Callable[..., EdgeConfig], clips: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = make_cfg(
+        source={"uri": str(clips / "single_face.mp4"), "on_eof": "exit"},
+        models={"mode": "off"},
+        ack_button={"chip": str(tmp_path / "gpiochip7")},
+    )
+    agent, thread, result = start_agent(cfg, Recorder())
+    thread.join(120)
+    assert result == [0] and agent.frames > 0 and agent.button is None
+    err = capsys.readouterr().err
+    assert "ack_button_unavailable" in err and "gpiochip7" in err
 
 
 def test_ack_without_a_running_agent_says_so(tmp_path: Path) -> None:
