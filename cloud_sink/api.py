@@ -39,6 +39,7 @@ from sleepsafe.protocol import EventType, topic
 
 from .config import SinkConfig
 from .ingest import Ingest, Metrics
+from .jobs.api import add_job_routes
 from .labels import LABELLER_PATTERN, EventLabel
 from .store import Store, UnknownEvent, WriteResult, one_line
 from .validate import DEVICE_RE, ClockWindow, Rejected, Valid, validate
@@ -384,6 +385,7 @@ def create_app(
             raise HTTPException(404, "not found")
         return FileResponse(path)
 
+    add_job_routes(app, cfg, store, Auth)
     return app
 
 

@@ -79,6 +79,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", default=",".join(EVENT_LABELS), help=f"comma-separated, of {', '.join(EVENT_LABELS)}"
     )
     ex.add_argument("--held-out-share", type=float, default=0.2, help="share of vehicles held out (0-1)")
+    rt = sub.add_parser("retrain", help="queue a retraining job; with --wait, print its progress live")
+    rt.add_argument("--model", required=True, choices=("temporal", "eye-state"))
+    rt.add_argument("--steps", type=int, help="training steps (temporal)")
+    rt.add_argument("--epochs", type=int, help="training epochs (eye-state)")
+    rt.add_argument("--seed", type=int)
+    rt.add_argument("--since", help="only fleet events that started at or after this ISO 8601 time")
+    rt.add_argument("--fleet-only", action="store_true", help="train on the fleet export alone")
+    rt.add_argument(
+        "--wait", action="store_true", help="follow the job to its end (exit 0 only if it succeeded)"
+    )
+    rt.add_argument(
+        "--json", action="store_true", help="one JSON object a line, as GET /jobs/{id}/events sends"
+    )
+    md = sub.add_parser("models", help="the model registry: versions and their aliases")
+    msub = md.add_subparsers(dest="models_command", required=True)
+    ml = msub.add_parser("list", help="every registered version, with aliases and gate verdicts")
+    ml.add_argument("--json", action="store_true")
+    ms = msub.add_parser("show", help="one version: NAME@ALIAS or NAME/VERSION")
+    ms.add_argument("ref")
+    mp = msub.add_parser("promote", help="point an alias (default @champion) at a version, audited")
+    mp.add_argument("ref", help="NAME/VERSION or NAME@ALIAS, e.g. sleepsafe-temporal@challenger")
+    mp.add_argument("--to", default="champion", choices=("champion", "challenger"))
+    mp.add_argument("--reason", required=True, help="why, for the audit")
+    mp.add_argument("--by", default=None, help="who (default: $USER)")
+    mdm = msub.add_parser("demote", help="remove @challenger from a model, audited")
+    mdm.add_argument("ref", help="NAME@challenger")
+    mdm.add_argument("--reason", required=True)
+    mdm.add_argument("--by", default=None)
     add_install_args(
         sub.add_parser("install-service", help="install (or remove) the systemd service"), "sink"
     )
@@ -120,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_export(store, args)
         if args.command == "prune":
             return _cmd_prune(cfg, store, dry_run=args.dry_run, as_json=args.json)
+        if args.command == "retrain":
+            return _cmd_retrain(store, args)
+        if args.command == "models":
+            return _cmd_models(cfg, store, args)
         from .service import serve
 
         return serve(cfg, store)
@@ -202,6 +234,124 @@ def _cmd_prune(cfg: SinkConfig, store: Store, *, dry_run: bool, as_json: bool) -
         why = f"{PRUNE_BY[name][1]} older than {days:g} days" if days else "kept forever"
         print(f"{name}: {verb} {n} ({why})")
     return 0
+
+
+def _cmd_retrain(store: Store, args: argparse.Namespace) -> int:
+    import getpass
+
+    from .jobs.queue import JobQueue, check_params
+
+    params = {
+        k: v
+        for k, v in {
+            "steps": args.steps,
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "since": args.since,
+        }.items()
+        if v is not None
+    }
+    if args.fleet_only:
+        params["fleet_only"] = True
+    queue = JobQueue(store)
+    try:
+        job = queue.submit(
+            "retrain", args.model, check_params(args.model, params), f"cli:{getpass.getuser()}"
+        )
+    except ValueError as err:
+        return _die(Exit.USAGE, f"retrain: {err}")
+    if not args.wait:
+        print(json.dumps(job) if args.json else f"job {job['id']} queued")
+        return 0
+    return follow(queue, job["id"], as_json=args.json)
+
+
+def follow(queue: Any, job_id: str, *, as_json: bool, poll_s: float = 0.25) -> int:
+    """Print the job's events as they come, until it ends; 0 only if it succeeded."""
+    import time
+
+    from .jobs.queue import FINAL
+
+    cursor, waited, hinted = 0, 0.0, False
+    while True:
+        batch = queue.events(job_id, cursor)
+        for ev in batch:
+            cursor = ev["id"]
+            print(json.dumps(ev) if as_json else _event_line(ev), flush=True)
+        if batch:
+            continue
+        job = queue.get(job_id)
+        if job["state"] in FINAL:
+            if queue.events(job_id, cursor):
+                continue
+            if not as_json and job["result"]:
+                r = job["result"]
+                print(f"{r['model']}/{r['version']} (run {r['run_id']}): gate {r['gate']['summary']}")
+            return 0 if job["state"] == "succeeded" else 1  # failed or cancelled
+        if job["state"] == "queued" and waited > 15 and not hinted:
+            print(
+                "still queued: is a worker running "
+                "(`sleepsafe-sink run` with jobs.worker, or `sleepsafe-worker`)?",
+                file=sys.stderr,
+            )
+            hinted = True
+        time.sleep(poll_s)
+        waited += poll_s
+
+
+def _event_line(ev: dict[str, Any]) -> str:
+    d = ev["data"]
+    if ev["kind"] == "progress":
+        extra = f" loss {d['loss']:.4f}" if "loss" in d else ""
+        return f"{ev['time']} {d['stage']} {d['done']}/{d['total']} ({d['fraction']:.0%}){extra}"
+    if ev["kind"] == "state":
+        why = d.get("error") or d.get("reason") or ""
+        return f"{ev['time']} state {d['state']}" + (f": {why}" if why else "")
+    if ev["kind"] == "stage":
+        return f"{ev['time']} stage {d['stage']}"
+    if ev["kind"] == "gate":
+        return f"{ev['time']} gate {d['summary']}"
+    return f"{ev['time']} {ev['kind']} " + json.dumps(d)[:300]
+
+
+def _cmd_models(cfg: SinkConfig, store: Store, args: argparse.Namespace) -> int:
+    import getpass
+
+    from .registry import Registry, RegistryUnavailable, UnknownModel
+
+    try:
+        reg = Registry(cfg)
+        reg.ensure_shipped()
+        if args.models_command == "list":
+            models = reg.describe(store)
+            if args.json:
+                print(json.dumps(models, indent=2))
+                return 0
+            for m in models:
+                for v in m["versions"]:
+                    aliases = " ".join("@" + a for a in v["aliases"])
+                    gate = v["gate"]["summary"] if v["gate"] else v["tags"].get("source", "")
+                    print(f"{m['name']}/{v['version']:<4} {aliases:<22} {gate}")
+            return 0
+        if args.models_command == "show":
+            v = reg.resolve(args.ref)
+            entry = next(m for m in reg.describe(store) if m["name"] == v.model)
+            print(json.dumps(next(x for x in entry["versions"] if x["version"] == v.version), indent=2))
+            return 0
+        by = args.by or getpass.getuser()
+        if args.models_command == "promote":
+            out = reg.set_alias(store, args.ref, args.to, by, args.reason)
+        else:
+            name, _, alias = args.ref.partition("@")
+            out = reg.remove_alias(store, name, alias or "challenger", by, args.reason)
+        print(json.dumps(out))
+        return 0
+    except UnknownModel as err:
+        return _die(Exit.NOINPUT, f"models: {err}")
+    except ValueError as err:
+        return _die(Exit.USAGE, f"models: {err}")
+    except RegistryUnavailable as err:
+        return _die(Exit.UNAVAILABLE, f"models: {err}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from sleepsafe.paths import cache_dir
 from sleepsafe.settings import (
     BrokerConfig,
     LoggingConfig,
@@ -191,6 +192,57 @@ class ApiConfig(Section):
         return v
 
 
+class JobsConfig(Section):
+    """Retraining jobs (``POST /jobs``, ``sleepsafe-sink retrain``): where they run and what they
+    train and judge on.  The worker needs the training extra (``pip install 'sleepsafe[train]'``)."""
+
+    worker: bool = Field(
+        True,
+        description="Run a worker process beside the sink (nothing else to start). Off: jobs wait for a "
+        "`sleepsafe-sink worker` started elsewhere against the same database.",
+    )
+    poll_s: float = Field(1.0, gt=0, le=60, description="How often an idle worker looks for a queued job.")
+    heartbeat_s: float = Field(
+        2.0, gt=0, le=60, description="How often a running job's worker says it is alive."
+    )
+    stale_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="A running job whose worker has not been heard of for this long has lost it: it is "
+        "queued again (once), then failed.",
+    )
+    max_attempts: int = Field(2, ge=1, le=5, description="Claims of one job before a lost worker fails it.")
+    training_data: list[Path] | None = Field(
+        None,
+        description="Prepared labelled clips (`sleepsafe-train prepare`) trained on beside the fleet export "
+        "(unset: $XDG_CACHE_HOME/sleepsafe/data, where `sleepsafe-train prepare` writes).",
+    )
+    clips_dir: Path | None = Field(
+        None, description="The real clips the gate replays (unset: sleepsafe-edge fetch-clips' cache)."
+    )
+    gate_labels: list[Path] = Field(
+        default_factory=list,
+        description="labels.csv files of the clips the gate replays (empty: the repo's own, when present).",
+    )
+    temporal_steps: int = Field(400, ge=1, le=100_000, description="Training steps of a temporal retrain.")
+    eye_state_epochs: int = Field(12, ge=1, le=1000, description="Epochs of an eye-state retrain.")
+
+    def training_dirs(self) -> list[Path]:
+        return list(self.training_data) if self.training_data is not None else [cache_dir() / "data"]
+
+
+class MlflowConfig(Section):
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking and registry URI, e.g. http://mlflow:5000 (unset: SQLite and an "
+        "artifact folder in state_dir/mlflow).",
+    )
+    experiment: str = Field("sleepsafe-retrain", min_length=1, description="MLflow experiment of the jobs.")
+    timeout_s: float = Field(
+        10.0, gt=0, le=600, description="An MLflow server that does not answer in this time fails the job."
+    )
+
+
 class SinkConfig(TomlSettings):
     """Everything the sink reads at start-up."""
 
@@ -204,11 +256,16 @@ class SinkConfig(TomlSettings):
     mqtt: SinkMqttConfig = Field(default_factory=SinkMqttConfig)  # type: ignore[arg-type]
     store: StoreConfig = Field(default_factory=StoreConfig)  # type: ignore[arg-type]
     api: ApiConfig = Field(default_factory=ApiConfig)  # type: ignore[arg-type]
+    jobs: JobsConfig = Field(default_factory=JobsConfig)  # type: ignore[arg-type]
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)  # type: ignore[arg-type]
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
     stats_interval_s: float = Field(30.0, gt=0, description="How often ingest counters are logged.")
 
     def database_url(self) -> str:
         return self.store.url or f"sqlite:///{self.state_dir / 'sink.sqlite3'}"
+
+    def mlflow_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}"
 
     def api_tokens(self) -> list[str]:
         """Configured tokens plus those in the credential file (blank lines and # comments skipped)."""

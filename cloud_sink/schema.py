@@ -152,3 +152,57 @@ event_labels = Table(
     Column("time", DateTime, nullable=False),
     Index("ix_event_labels_event_id", "event_id", "id"),
 )
+
+# Retraining jobs (POST /jobs). The row is the job's truth for every engine: a worker claims it
+# (attempts counts claims; a finish is only accepted from the claim it answers), keeps
+# heartbeat_at fresh while it runs, and a job whose heartbeat is stale has lost its worker.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("model", String(16), nullable=False),
+    Column("params", Text, nullable=False),
+    Column("state", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("requested_by", String(64), nullable=False),
+    Column("worker", String(64)),
+    Column("created_at", DateTime, nullable=False),
+    Column("started_at", DateTime),
+    Column("heartbeat_at", DateTime),
+    Column("finished_at", DateTime),
+    Column("result", Text),
+    Column("error", Text),
+    Index("ix_jobs_state_created_at", "state", "created_at"),
+)
+
+# Each job's progress, in order: the id is the server-sent event id, monotonic across all jobs,
+# so a client that reconnects with Last-Event-ID gets exactly what it missed, after a restart too.
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), nullable=False),
+    Column("time", DateTime, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("data", Text, nullable=False),
+    Index("ix_job_events_job_id", "job_id", "id"),
+)
+
+# Who moved a registry alias (@champion, @challenger), when, and from which version: the fleet
+# runs what @champion names, so every move is kept.
+model_audit = Table(
+    "model_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", DateTime, nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("alias", String(32), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("version", String(16)),
+    Column("previous", String(16)),
+    Column("by", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("ix_model_audit_model", "model", "id"),
+)

@@ -90,6 +90,11 @@ def serve(cfg: SinkConfig, store: Store, *, on_ready: Any = None) -> int:
     ticker = threading.Thread(target=_stats_loop, args=(cfg, ingest, stop), name="sink-stats", daemon=True)
     ticker.start()
     pruner = start_pruner(cfg, store, stop)
+    worker = None
+    if cfg.jobs.worker:
+        from .jobs.embedded import EmbeddedWorker
+
+        worker = EmbeddedWorker(cfg).start()
     try:
         if server is not None:
             import asyncio
@@ -119,6 +124,8 @@ def serve(cfg: SinkConfig, store: Store, *, on_ready: Any = None) -> int:
         stop.set()  # also when the API ended on its own: the background threads end too
         if pruner is not None:
             pruner.join(timeout=30)  # at most the batch it is in: prune checks stop between batches
+        if worker is not None:
+            worker.stop(timeout=15)  # its running job goes back to the queue, for the next start
         ingest.stop()
         store.close()
         log.info("sink_stopped", committed=ingest.committed, totals=dict(ingest.totals))

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from sleepsafe.exitcodes import Exit
+from sleepsafe.paths import cache_dir
 
 from .dataset import ClipData, fold_path
 
@@ -26,8 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def default_data_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sleepsafe" / "data"
+    return cache_dir() / "data"
 
 
 def eye_probabilities(
@@ -170,57 +169,32 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(scores, indent=2) if args.json else format_scores(scores))
             return 0
         if args.command == "temporal":
-            from .fleet import load_training_data
-            from .temporal import TemporalTrainConfig
-            from .temporal import run_training as run_temporal
+            from .training import train_temporal
 
-            loaded = load_training_data(args.data or [default_data_dir()])
-            data, fleet_probs, datasets = loaded.clips, loaded.fleet_probs, loaded.datasets
-            repo_clips = [c for c in data if not loaded.is_fleet(c)]
-            probs, source = (
-                eye_probabilities(repo_clips, args.eye_model, args.eye_folds)
-                if str(args.eye_model) != "none" and repo_clips
-                else (None, {})
-            )
-            if fleet_probs:  # the eye-state output the vehicle recorded (shadow mode)
-                probs = {**(probs or {}), **fleet_probs}
-                source.update({c.subject: "vehicle (shadow)" for c in data if loaded.is_fleet(c)})
-            report = run_temporal(
-                data,
+            report = train_temporal(
+                args.data or [default_data_dir()],
                 args.out,
-                TemporalTrainConfig(steps=args.steps, seed=args.seed),
-                probs,
-                not args.no_progress,
-                eye_prob_source=source,
-                test_subjects=loaded.held_out,
+                steps=args.steps,
+                seed=args.seed,
+                eye_model=None if str(args.eye_model) == "none" else args.eye_model,
+                eye_folds=args.eye_folds,
+                progress=not args.no_progress,
             )
-            out = {k: report[k] for k in ("leave_one_subject_out", "held_out", "data") if k in report}
-            print(json.dumps({**out, "datasets": datasets}, indent=2))
+            keys = ("leave_one_subject_out", "held_out", "data", "datasets")
+            print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
             return 0
-        from .eye_state import TrainConfig, run_training
-        from .fleet import load_training_data
+        from .training import train_eye_state
 
-        eye_data = load_training_data(args.data or [default_data_dir()])
-        # Of the exports, only events whose vehicle captured eye crops (capture.eye_crops).
-        eye_clips = [c for c in eye_data.clips if not eye_data.is_fleet(c) or c.crops.any()]
-        stills = eye_data.stills
-        if not eye_clips:
-            raise ValueError(
-                "no clip with eye crops to train on (exports need capture.eye_crops on the vehicles)"
-            )
-        report = run_training(
-            eye_clips,
+        report = train_eye_state(
+            args.data or [default_data_dir()],
             args.out,
-            TrainConfig(epochs=args.epochs, seed=args.seed, narrowed_share=args.narrowed_share),
-            not args.no_progress,
-            stills=stills,
-            test_subjects=eye_data.held_out,
+            epochs=args.epochs,
+            seed=args.seed,
+            narrowed_share=args.narrowed_share,
+            progress=not args.no_progress,
         )
-        print(
-            json.dumps(
-                {k: report[k] for k in ("leave_one_subject_out", "held_out", "data") if k in report}, indent=2
-            )
-        )
+        keys = ("leave_one_subject_out", "held_out", "data", "datasets")
+        print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
         return 0
     except (FileNotFoundError, ValueError) as err:
         print(f"sleepsafe-train: {err}", file=sys.stderr)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -59,6 +59,8 @@ REGIONS: dict[str, tuple[int, int, int, int]] = {
     "example_multispeaker.mp4#right": (840, 120, 1240, 520),
 }
 TEST_SUBJECTS = ("C", "Q", "R", "W")
+# A trainer's progress: (step or epoch done, of how many, its loss); it may raise to stop training.
+StepCallback = Callable[[int, int, float], None]
 FEATURES = (
     "ear",
     "ear_left",

@@ -28,7 +28,7 @@ from torch import nn
 
 from edge_agent.perception.eyecrop import CHANNELS, CROP_H, CROP_W, aperture_mask, model_input, standardise
 
-from .dataset import TEST_SUBJECTS, ClipData, EyeSamples, data_hash, eye_samples, fold_path
+from .dataset import TEST_SUBJECTS, ClipData, EyeSamples, StepCallback, data_hash, eye_samples, fold_path
 from .synth import close_eye, narrow_eye, usable
 
 ARCH = "EyeStateNet"
@@ -356,8 +356,11 @@ class _Sampler:
         return np.stack([self.view(c, lid) for c, lid in samples]), y
 
 
-def train(data: EyeSamples, cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train with class-balanced batches and fresh augmentations (and closures) every step."""
+def train(
+    data: EyeSamples, cfg: TrainConfig, progress: bool = True, on_step: StepCallback | None = None
+) -> TrainResult:
+    """Train with class-balanced batches and fresh augmentations (and closures) every step.
+    ``on_step(epoch, epochs, loss)`` after every epoch (a job's progress; it may raise to stop)."""
     from tqdm import tqdm
 
     rng = _seed(cfg.seed)
@@ -386,6 +389,8 @@ def train(data: EyeSamples, cfg: TrainConfig, progress: bool = True) -> TrainRes
             bar.update(1)
         result.history.append({"epoch": epoch + 1, "loss": round(total / cfg.steps_per_epoch, 4)})
         bar.set_postfix(loss=result.history[-1]["loss"])
+        if on_step is not None:
+            on_step(epoch + 1, cfg.epochs, total / cfg.steps_per_epoch)
     bar.close()
     model.eval()
     return result
@@ -411,10 +416,15 @@ def run_training(
     progress: bool = True,
     stills: list[ClipData] | None = None,
     test_subjects: frozenset[str] | tuple[str, ...] = TEST_SUBJECTS,
+    *,
+    leave_one_out: bool = True,
+    on_step: StepCallback | None = None,
+    version: str = VERSION,
 ) -> dict[str, Any]:
-    """Leave-one-subject-out figures on the clip subjects that have real closures, then the
-    shipped model trained on all training subjects and tested once on the held-out subject.
-    ``stills`` (open eyes of more people) always train: they have no closed eyes to test on."""
+    """Leave-one-subject-out figures on the clip subjects that have real closures (unless
+    ``leave_one_out`` is off: a retraining job is judged by the gate instead), then the shipped
+    model trained on all training subjects and tested once on the held-out subject.  ``stills``
+    (open eyes of more people) always train: they have no closed eyes to test on."""
     stills = stills or []
     held_names = tuple(sorted(test_subjects))
     clash = sorted({c.subject for c in stills} & set(held_names))
@@ -428,7 +438,7 @@ def run_training(
     pool = [c for c in clips if c.subject not in held_names] + stills
     report: dict[str, Any] = {
         "model": ARCH,
-        "version": VERSION,
+        "version": version,
         "input": {"shape": [None, CHANNELS, CROP_H, CROP_W], "dtype": "float32", "layout": "NCHW"},
         "preprocessing": PREPROCESSING,
         "output": "probability that the eye is closed, (N, 1)",
@@ -437,7 +447,7 @@ def run_training(
     }
     t0 = time.time()
     oof_y, oof_p = [], []
-    for held in clip_subjects:
+    for held in clip_subjects if leave_one_out else []:
         rest = [s for s in clip_subjects if s != held] + still_subjects
         test = eye_samples(clips, [held])
         train_data = eye_samples(pool, rest)
@@ -458,13 +468,14 @@ def run_training(
         report["leave_one_subject_out"].append(fold)
         # The fold model is kept: `eval` on this person's clips with it is an agent figure on
         # frames the model never saw (the shipped model trained on them).
-        version = f"{VERSION}+loso-{held}"
-        _save(fold_path(out, held), model, {**report, "fold": fold}, test, None, cfg, version)
+        _save(
+            fold_path(out, held), model, {**report, "fold": fold}, test, None, cfg, f"{version}+loso-{held}"
+        )
     if oof_p:
         report["out_of_fold"] = oof_threshold(np.concatenate(oof_y), np.concatenate(oof_p))
     train_subjects = clip_subjects + still_subjects
     data = eye_samples(pool, train_subjects)
-    res = train(data, cfg, progress)
+    res = train(data, cfg, progress, on_step)
     report["data"] = {
         "train_subjects": train_subjects,
         "train_crops": len(data.labels),
@@ -495,7 +506,7 @@ def run_training(
         report["held_out"]["by_subject"] = by_subject_scores(test, p, cfg.closed_ratio, tuned["cut"])
     report["history"] = res.history
     report["train_seconds"] = round(time.time() - t0, 1)
-    _save(out, res.model, report, eye_samples(held_out, held_names) if held_out else data, data, cfg)
+    _save(out, res.model, report, eye_samples(held_out, held_names) if held_out else data, data, cfg, version)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     return report
 

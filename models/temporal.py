@@ -29,7 +29,7 @@ from torch import nn
 
 from edge_agent.perception.features import temporal_vector as frame_vector
 
-from .dataset import FEATURES, TEST_SUBJECTS, ClipData, data_hash
+from .dataset import FEATURES, TEST_SUBJECTS, ClipData, StepCallback, data_hash
 
 ARCH = "TemporalGRU"
 VERSION = "1.3.0"  # 1.1: v2 eye-state probabilities, 3 more people; 1.2: on v2.2; 1.3: v2.3, P
@@ -144,14 +144,16 @@ def train(
     real: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int8]]],
     cfg: TemporalTrainConfig,
     progress: bool = True,
+    on_step: StepCallback | None = None,
 ) -> TemporalNet:
-    """``real``: (features (T, F), closed-now labels (T,) with -1 = unlabelled) per clip."""
+    """``real``: (features (T, F), closed-now labels (T,) with -1 = unlabelled) per clip.
+    ``on_step(step, steps, loss)`` after every step (a job's progress; it may raise to stop)."""
     from tqdm import tqdm
 
     rng = _seed(cfg.seed)
     model = TemporalNet()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    for _ in tqdm(range(cfg.steps), desc="train temporal", unit="step", disable=not progress, leave=False):
+    for step in tqdm(range(cfg.steps), desc="train temporal", unit="step", disable=not progress, leave=False):
         xs, ys, masks = [], [], []
         length = 300
         for _b in range(cfg.batch):
@@ -178,6 +180,8 @@ def train(
         opt.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
+        if on_step is not None:
+            on_step(step + 1, cfg.steps, float(loss.detach()))
     model.eval()
     return model
 
@@ -227,10 +231,15 @@ def run_training(
     progress: bool = True,
     eye_prob_source: dict[str, str] | None = None,
     test_subjects: frozenset[str] | tuple[str, ...] = TEST_SUBJECTS,
+    *,
+    leave_one_out: bool = True,
+    on_step: StepCallback | None = None,
+    version: str = VERSION,
 ) -> dict[str, Any]:
-    """Leave-one-subject-out figures, then the shipped GRU trained on every training subject
-    and tested once on the held-out one.  ``eye_prob_source``: per subject, the eye-state model
-    that gave its probabilities (for the report)."""
+    """Leave-one-subject-out figures (unless ``leave_one_out`` is off: a retraining job is judged
+    by the gate instead), then the shipped GRU trained on every training subject and tested once
+    on the held-out one.  ``eye_prob_source``: per subject, the eye-state model that gave its
+    probabilities (for the report); ``on_step``: the final training's progress."""
     from .eye_state import person_scores
 
     eye_probs = eye_probs or {}
@@ -262,18 +271,18 @@ def run_training(
     t0 = time.time()
     report: dict[str, Any] = {
         "model": ARCH,
-        "version": VERSION,
+        "version": version,
         "train": asdict(cfg),
         "leave_one_subject_out": [],
     }
     # Leave-one-subject-out needs two training subjects at least (one to leave out, one to train).
-    for held in train_subjects if len(train_subjects) > 1 else []:
+    for held in train_subjects if len(train_subjects) > 1 and leave_one_out else []:
         rest = [n for s in train_subjects if s != held for n in by_subject[s]]
         model = train([seqs[n] for n in rest], cfg, progress)
         fold = score(model, by_subject[held], tuned_cut(rest))
         report["leave_one_subject_out"].append({"test_subject": held, **fold})
     names = [n for s in train_subjects for n in by_subject[s]]
-    model = train([seqs[n] for n in names], cfg, progress)
+    model = train([seqs[n] for n in names], cfg, progress, on_step)
     if tested:
         test_clips = [n for s in tested for n in by_subject[s]]
         cut = tuned_cut(names)
@@ -299,7 +308,7 @@ def run_training(
     torch.save(
         {
             "arch": ARCH,
-            "version": VERSION,
+            "version": version,
             "state_dict": model.state_dict(),
             "report": report,
             "probe_frames": probe,

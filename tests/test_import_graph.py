@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("sleepsafe", "edge_agent", "cloud_sink", "models", "export", "sleepsafe_dev")
+PACKAGES = ("sleepsafe", "edge_agent", "cloud_sink", "models", "export", "trainer", "sleepsafe_dev")
 # package → the project packages (and heavy libraries) it must never import
 FORBIDDEN = {
     "sleepsafe": {
         "edge_agent",
         "cloud_sink",
+        "trainer",
         "models",
         "export",
         "sleepsafe_dev",
@@ -23,8 +24,9 @@ FORBIDDEN = {
         "mediapipe",
         "cv2",
     },
-    "cloud_sink": {"edge_agent", "models", "export", "sleepsafe_dev", "torch", "mediapipe", "cv2", "numpy"},
-    "edge_agent": {"cloud_sink", "models", "export", "sleepsafe_dev", "torch"},
+    # numpy and onnxruntime: the sink scores on registered models (POST /predict); never torch.
+    "cloud_sink": {"edge_agent", "models", "export", "trainer", "sleepsafe_dev", "torch", "mediapipe", "cv2"},
+    "edge_agent": {"cloud_sink", "models", "export", "trainer", "sleepsafe_dev", "torch"},
 }
 
 

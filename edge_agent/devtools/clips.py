@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import structlog
 
+from sleepsafe.paths import cache_dir
+
 log = structlog.get_logger(__name__)
 
 
@@ -229,8 +231,7 @@ def clips_dir() -> Path:
     env = os.environ.get("SLEEPSAFE_CLIPS_DIR")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sleepsafe" / "clips"
+    return cache_dir() / "clips"
 
 
 def _sha256(path: Path) -> str:

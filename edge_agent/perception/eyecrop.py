@@ -24,11 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.perception.features import LEFT_EYE, LEFT_LIDS, RIGHT_EYE, RIGHT_LIDS
+from sleepsafe.onnxmodels import EYE_CHANNELS, EYE_H, EYE_W
 
-CROP_W = 48
-CROP_H = 24
+CROP_W = EYE_W
+CROP_H = EYE_H
 EYE_SHARE = 0.62  # eye width (corner to corner) as a share of the crop width
-CHANNELS = 2  # standardised grayscale crop, eye-opening mask
+CHANNELS = EYE_CHANNELS  # standardised grayscale crop, eye-opening mask
 _MASK_SCALE = 4  # the opening is drawn at 4x and area-averaged: sub-pixel lids
 
 Crops = npt.NDArray[np.float32]

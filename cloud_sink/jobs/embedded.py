@@ -1,0 +1,105 @@
+"""The worker the sink starts beside itself (``jobs.worker``, the default), so a sink needs
+nothing else started to retrain: ``python -m trainer`` as a child process, given the sink's own
+configuration on its stdin (secrets included, never on a command line), and restarted if it
+dies: a crash in training never takes ingest down with it, nor leaves jobs unrun.
+
+The sink imports nothing of the trainer (it may be installed without torch): where the training
+packages are missing, it says so once and runs without a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from importlib.util import find_spec
+from typing import Any
+
+import structlog
+from pydantic import SecretStr
+
+from ..config import SinkConfig
+
+log = structlog.get_logger(__name__)
+
+TRAINING_PACKAGES = ("torch", "mediapipe", "onnx", "mlflow")
+
+
+def missing_training_packages() -> str | None:
+    """Why this machine cannot run jobs, or None: a worker trains and exports models."""
+    missing = [m for m in TRAINING_PACKAGES if find_spec(m) is None]
+    if not missing:
+        return None
+    return f"{', '.join(missing)} not installed: a worker trains models (pip install 'sleepsafe[train,sink]')"
+
+
+def config_json(cfg: SinkConfig) -> str:
+    """The configuration as the child reads it back, secrets in the clear (it goes to a pipe)."""
+
+    def reveal(o: Any) -> Any:
+        if isinstance(o, SecretStr):
+            return o.get_secret_value()
+        return str(o)
+
+    return json.dumps(cfg.model_dump(), default=reveal)
+
+
+class EmbeddedWorker:
+    RESTART_S = 5.0
+
+    def __init__(self, cfg: SinkConfig) -> None:
+        self.cfg = cfg
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.unavailable = missing_training_packages()
+        self._stop = threading.Event()
+        self._watch = threading.Thread(target=self._supervise, name="jobs-worker", daemon=True)
+
+    def start(self) -> EmbeddedWorker:
+        if self.unavailable:
+            log.warning("jobs_worker_unavailable", reason=self.unavailable)
+            return self
+        self._spawn()
+        self._watch.start()
+        return self
+
+    def _spawn(self) -> None:
+        p = subprocess.Popen([sys.executable, "-m", "trainer", "--config-stdin"], stdin=subprocess.PIPE)
+        assert p.stdin is not None
+        p.stdin.write(config_json(self.cfg).encode())
+        p.stdin.close()
+        self.process = p
+        log.info("jobs_worker_started", pid=p.pid)
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(1.0):
+            p = self.process
+            if p is not None and p.poll() is not None and not self._stop.is_set():
+                log.error("jobs_worker_died", pid=p.pid, exitcode=p.returncode, restart_in_s=self.RESTART_S)
+                if self._stop.wait(self.RESTART_S):
+                    return
+                self.restarts += 1
+                self._spawn()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.alive and self.process else None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM: the worker hands its job back to the queue and exits; killed after ``timeout``."""
+        self._stop.set()
+        p = self.process
+        if p is None or p.poll() is not None:
+            return
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("jobs_worker_killed", pid=p.pid, after_s=timeout)
+            p.kill()
+            p.wait(5)

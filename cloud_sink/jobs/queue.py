@@ -1,0 +1,322 @@
+"""The jobs table as a queue every engine shares: submit, claim, heartbeat, progress, finish.
+
+A claim is one conditional UPDATE (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, where workers on
+several machines race for the same row), and it returns the attempt number it made: a finish or
+a progress record is accepted only from the claim that is current, so a worker that was given up
+for lost (its heartbeat went stale and the job was queued again) cannot overwrite the work of the
+one that took over.  Progress rows are the server-sent events of ``GET /jobs/{id}/events``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy import and_, func, insert, select, update
+
+from ..schema import job_events, jobs
+from ..store import Store, now_utc
+
+log = structlog.get_logger(__name__)
+
+KINDS = ("retrain",)
+MODELS = ("temporal", "eye-state")
+State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINAL: tuple[State, ...] = ("succeeded", "failed", "cancelled")
+
+
+PARAMS = {"steps", "epochs", "seed", "since", "labels", "fleet_only"}
+
+
+def check_params(model: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The job's parameters, checked before it is queued (a ValueError names the bad one)."""
+    unknown = sorted(set(params) - PARAMS)
+    if unknown:
+        raise ValueError(f"unknown parameter {', '.join(unknown)} (known: {', '.join(sorted(PARAMS))})")
+    for key in ("steps", "epochs", "seed"):
+        v = params.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 100_000):
+            raise ValueError(f"{key} must be an integer in 1..100000")
+    if "epochs" in params and model != "eye-state":
+        raise ValueError("epochs is for the eye-state model; the temporal model takes steps")
+    if "steps" in params and model != "temporal":
+        raise ValueError("steps is for the temporal model; the eye-state model takes epochs")
+    labels = params.get("labels")
+    if labels is not None:
+        from ..labels import EVENT_LABELS
+
+        if not isinstance(labels, list) or not labels or any(x not in EVENT_LABELS for x in labels):
+            raise ValueError(f"labels must be a list of {', '.join(EVENT_LABELS)}")
+    if params.get("since") is not None:
+        from datetime import datetime
+
+        try:
+            datetime.fromisoformat(str(params["since"]))
+        except ValueError:
+            raise ValueError("since must be an ISO 8601 time") from None
+    if not isinstance(params.get("fleet_only", False), bool):
+        raise ValueError("fleet_only must be true or false")
+    return params
+
+
+class UnknownJob(LookupError):
+    """No job with this id."""
+
+
+class LostClaim(RuntimeError):
+    """This worker's claim on the job is no longer the current one (it was given up for lost,
+    cancelled, or finished by another)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    job_id: str
+    attempt: int
+    worker: str
+    model: str
+    params: dict[str, Any]
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.isoformat() + "Z"
+
+
+def _job_out(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "kind": r.kind,
+        "model": r.model,
+        "params": json.loads(r.params),
+        "state": r.state,
+        "attempts": r.attempts,
+        "cancel_requested": bool(r.cancel_requested),
+        "requested_by": r.requested_by,
+        "worker": r.worker,
+        "created_at": _iso(r.created_at),
+        "started_at": _iso(r.started_at),
+        "heartbeat_at": _iso(r.heartbeat_at),
+        "finished_at": _iso(r.finished_at),
+        "result": json.loads(r.result) if r.result else None,
+        "error": r.error,
+    }
+
+
+class JobQueue:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.engine = store.engine
+
+    # ------------------------------------------------------------------ the API's side
+    def submit(self, kind: str, model: str, params: dict[str, Any], requested_by: str) -> dict[str, Any]:
+        if kind not in KINDS:
+            raise ValueError(f"unknown job kind {kind!r} (known: {', '.join(KINDS)})")
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r} (known: {', '.join(MODELS)})")
+        params = check_params(model, params)
+        job_id = str(uuid.uuid4())
+        now = now_utc()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(jobs).values(
+                    id=job_id,
+                    kind=kind,
+                    model=model,
+                    params=json.dumps(params, sort_keys=True),
+                    state="queued",
+                    attempts=0,
+                    cancel_requested=False,
+                    requested_by=requested_by[:64],
+                    created_at=now,
+                )
+            )
+            self._event(conn, job_id, "state", {"state": "queued"}, now)
+        log.info("job_submitted", job=job_id, kind=kind, model=model)
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        if r is None:
+            raise UnknownJob(job_id)
+        return _job_out(r)
+
+    def recent(self, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
+        q = select(jobs).order_by(jobs.c.created_at.desc()).limit(limit)
+        if state:
+            q = q.where(jobs.c.state == state)
+        with self.engine.connect() as conn:
+            return [_job_out(r) for r in conn.execute(q)]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """A queued job is cancelled at once; a running one at its worker's next heartbeat."""
+        now = now_utc()
+        with self.engine.begin() as conn:
+            r = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
+            if r is None:
+                raise UnknownJob(job_id)
+            if r.state == "queued":
+                conn.execute(
+                    update(jobs)
+                    .where(and_(jobs.c.id == job_id, jobs.c.state == "queued"))
+                    .values(state="cancelled", cancel_requested=True, finished_at=now)
+                )
+                self._event(conn, job_id, "state", {"state": "cancelled"}, now)
+            elif r.state == "running":
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
+                self._event(conn, job_id, "log", {"message": "cancel requested"}, now)
+        return self.get(job_id)
+
+    def events(self, job_id: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        q = (
+            select(job_events)
+            .where(and_(job_events.c.job_id == job_id, job_events.c.id > after))
+            .order_by(job_events.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [
+                {"id": r.id, "time": _iso(r.time), "kind": r.kind, "data": json.loads(r.data)}
+                for r in conn.execute(q)
+            ]
+
+    # ------------------------------------------------------------------ the worker's side
+    def claim(self, worker: str) -> Claim | None:
+        """Take the oldest queued job, or None."""
+        now = now_utc()
+        pick = (
+            select(jobs.c.id)
+            .where(jobs.c.state == "queued")
+            .order_by(jobs.c.created_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self.engine.begin() as conn:
+            r = conn.execute(
+                update(jobs)
+                .where(and_(jobs.c.id == pick, jobs.c.state == "queued"))
+                .values(
+                    state="running",
+                    attempts=jobs.c.attempts + 1,
+                    worker=worker[:64],
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+                .returning(jobs.c.id, jobs.c.attempts, jobs.c.model, jobs.c.params)
+            ).first()
+            if r is None:
+                return None
+            self._event(
+                conn, r.id, "state", {"state": "running", "attempt": r.attempts, "worker": worker}, now
+            )
+        log.info("job_claimed", job=r.id, attempt=r.attempts, worker=worker)
+        return Claim(r.id, r.attempts, worker, r.model, json.loads(r.params))
+
+    def _current(self, claim: Claim) -> Any:
+        return and_(jobs.c.id == claim.job_id, jobs.c.attempts == claim.attempt, jobs.c.state == "running")
+
+    def heartbeat(self, claim: Claim) -> bool:
+        """Keep the claim alive; True when the job has been asked to stop (cancelled), and
+        LostClaim when the claim is no longer current."""
+        with self.engine.begin() as conn:
+            r = conn.execute(
+                update(jobs)
+                .where(self._current(claim))
+                .values(heartbeat_at=now_utc())
+                .returning(jobs.c.cancel_requested)
+            ).first()
+        if r is None:
+            raise LostClaim(f"job {claim.job_id}: attempt {claim.attempt} is no longer current")
+        return bool(r.cancel_requested)
+
+    def progress(self, claim: Claim, kind: str, data: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            alive = conn.execute(select(jobs.c.id).where(self._current(claim))).first()
+            if alive is None:
+                raise LostClaim(f"job {claim.job_id}: attempt {claim.attempt} is no longer current")
+            self._event(conn, claim.job_id, kind, data, now_utc())
+
+    def finish(
+        self, claim: Claim, state: State, *, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> bool:
+        """End the claimed job; False (and nothing written) when the claim is no longer current."""
+        now = now_utc()
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(jobs)
+                .where(self._current(claim))
+                .values(
+                    state=state,
+                    finished_at=now,
+                    result=None if result is None else json.dumps(result, sort_keys=True),
+                    error=None if error is None else error[:2000],
+                )
+            ).rowcount
+            if done:
+                data: dict[str, Any] = {"state": state}
+                if error:
+                    data["error"] = error[:2000]
+                self._event(conn, claim.job_id, "state", data, now)
+        log.info("job_finished", job=claim.job_id, state=state, accepted=bool(done), error=error)
+        return bool(done)
+
+    def release(self, claim: Claim, reason: str) -> None:
+        """Give the job back to the queue without counting the attempt (the worker is stopping)."""
+        now = now_utc()
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(jobs)
+                .where(self._current(claim))
+                .values(state="queued", attempts=jobs.c.attempts - 1, worker=None, heartbeat_at=None)
+            ).rowcount
+            if done:
+                self._event(conn, claim.job_id, "state", {"state": "queued", "reason": reason}, now)
+
+    def recover_stale(self, stale_after_s: float, max_attempts: int) -> list[str]:
+        """Running jobs whose worker has not been heard of in ``stale_after_s``: queued again while
+        they have attempts left, else failed.  Returns the ids it touched."""
+        now = now_utc()
+        limit = now - timedelta(seconds=stale_after_s)
+        touched = []
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.attempts, jobs.c.worker, jobs.c.cancel_requested).where(
+                    and_(jobs.c.state == "running", jobs.c.heartbeat_at < limit)
+                )
+            ).all()
+            for r in rows:
+                why = f"worker {r.worker} lost: no heartbeat for {stale_after_s:g} s (attempt {r.attempts})"
+                if r.cancel_requested:
+                    state: State = "cancelled"
+                elif r.attempts < max_attempts:
+                    state = "queued"
+                else:
+                    state = "failed"
+                values: dict[str, Any] = {"state": state, "worker": None}
+                if state != "queued":
+                    values.update(finished_at=now, error=why)
+                n = conn.execute(
+                    update(jobs)
+                    .where(and_(jobs.c.id == r.id, jobs.c.attempts == r.attempts, jobs.c.state == "running"))
+                    .values(**values)
+                ).rowcount
+                if n:
+                    self._event(conn, r.id, "state", {"state": state, "reason": why}, now)
+                    touched.append(r.id)
+                    log.warning("job_worker_lost", job=r.id, attempt=r.attempts, now=state)
+        return touched
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {
+                r.state: r.n
+                for r in conn.execute(select(jobs.c.state, func.count().label("n")).group_by(jobs.c.state))
+            }
+
+    @staticmethod
+    def _event(conn: Any, job_id: str, kind: str, data: dict[str, Any], now: datetime) -> None:
+        conn.execute(insert(job_events).values(job_id=job_id, time=now, kind=kind, data=json.dumps(data)))
