@@ -24,7 +24,8 @@ import structlog
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as FPath
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import parse as parse_limit
 from limits.storage import MemoryStorage
@@ -133,6 +134,13 @@ def create_app(
         description="Events, telemetry and health of the SleepSafe Edge fleet. "
         "Authenticate with `Authorization: Bearer <token>`; requests are rate-limited per token.",
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Without the input echoed back: a NaN in the body (refused) cannot be written as JSON,
+        # and a large body is not worth sending back.
+        errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     def principal(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
         """Who is asking: an operator (any token of api.tokens) or one vehicle (its device token)."""

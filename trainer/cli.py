@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(p, DEFAULT_SINK_CONFIG_PATH, "store.url=postgresql+psycopg://...")
     p.add_argument("--config-stdin", action="store_true", help="read the configuration as JSON from stdin")
     p.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--parent-pid", type=int, help="stop when this process (the sink) is gone")
     args = p.parse_args(argv)
     configure_logging()
     from cloud_sink.jobs.embedded import missing_training_packages
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from .worker import worker_main
 
     try:
-        return worker_main(cfg, once=args.once)
+        return worker_main(cfg, once=args.once, parent_pid=args.parent_pid)
     except StoreError as err:
         return die("sleepsafe-worker", Exit.UNAVAILABLE, str(err))
     except KeyboardInterrupt:

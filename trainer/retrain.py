@@ -22,7 +22,7 @@ from cloud_sink.registry import MODELS, Registry, RegistryUnavailable
 from cloud_sink.store import Store
 
 from .gate import HeldOut, compare, flat_metrics, measure, summary, without_samples
-from .worker import JobContext, JobFailed
+from .worker import JobCancelled, JobContext, JobFailed, WorkerStopping
 
 log = structlog.get_logger(__name__)
 
@@ -64,9 +64,9 @@ def run_retrain(ctx: JobContext, cfg: SinkConfig, store: Store) -> dict[str, Any
     ctx.event("mlflow", run_id=run_id, tracking_uri=registry.safe_uri)
     try:
         out = _pipeline(ctx, cfg, store, registry, run_id, kind, params, work)
-    except BaseException:
+    except BaseException as err:
         try:
-            registry.end_run(run_id, "FAILED")
+            registry.end_run(run_id, "KILLED" if isinstance(err, JobCancelled | WorkerStopping) else "FAILED")
         except RegistryUnavailable as err:
             log.warning("mlflow_end_run_failed", run=run_id, error=str(err))
         raise

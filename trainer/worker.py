@@ -173,9 +173,22 @@ def run_worker(cfg: SinkConfig, store: Store, stopping: threading.Event, *, once
     return 0
 
 
-def worker_main(cfg: SinkConfig, *, once: bool = False) -> int:
+def _watch_parent(parent_pid: int, stopping: threading.Event) -> None:
+    """An embedded worker outlives no sink: when its parent is gone (killed, even with SIGKILL,
+    which sends no signal on), it stops as if told to, handing its job back."""
+    while not stopping.wait(1.0):
+        if os.getppid() != parent_pid:
+            log.warning("worker_parent_gone", parent=parent_pid)
+            stopping.set()
+
+
+def worker_main(cfg: SinkConfig, *, once: bool = False, parent_pid: int | None = None) -> int:
     """The worker process: SIGTERM/SIGINT stop it after handing its job back."""
     stopping = threading.Event()
+    if parent_pid is not None:
+        threading.Thread(
+            target=_watch_parent, args=(parent_pid, stopping), name="parent", daemon=True
+        ).start()
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("worker_stopping", signal=signal.Signals(signum).name)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, HTTPException, Query
+from fastapi import Depends, FastAPI, Header, HTTPException, Query
 from fastapi import Path as FPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -144,6 +144,10 @@ def add_job_routes(app: FastAPI, cfg: SinkConfig, store: Store, Auth: Any) -> No
         except UnknownJob:
             raise HTTPException(404, f"no job {job_id}") from None
 
+    def existing(job_id: JobId) -> dict[str, Any]:
+        """A dependency: an SSE stream cannot answer 404 once it has started."""
+        return job_or_404(job_id)
+
     @app.post("/jobs", tags=["jobs"], summary="Queue a job (retrain a model)", status_code=201)
     def submit(key: Auth, body: JobIn) -> dict[str, Any]:
         try:
@@ -187,6 +191,7 @@ def add_job_routes(app: FastAPI, cfg: SinkConfig, store: Store, Auth: Any) -> No
     async def job_events(
         _: Auth,
         job_id: JobId,
+        _exists: Annotated[dict[str, Any], Depends(existing)],
         last_event_id: Annotated[
             int | None, Header(ge=0, description="The id of the last event received.")
         ] = None,
@@ -194,7 +199,6 @@ def add_job_routes(app: FastAPI, cfg: SinkConfig, store: Store, Auth: Any) -> No
             int | None, Query(ge=0, description="Same as Last-Event-ID, for clients that cannot set it.")
         ] = None,
     ) -> AsyncIterator[ServerSentEvent]:
-        await run_in_threadpool(job_or_404, job_id)
         cursor = max(last_event_id or 0, after or 0)
         while True:
             batch = await run_in_threadpool(queue.events, job_id, cursor)

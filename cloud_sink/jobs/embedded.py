@@ -10,6 +10,7 @@ packages are missing, it says so once and runs without a worker.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -65,7 +66,10 @@ class EmbeddedWorker:
         return self
 
     def _spawn(self) -> None:
-        p = subprocess.Popen([sys.executable, "-m", "trainer", "--config-stdin"], stdin=subprocess.PIPE)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "trainer", "--config-stdin", "--parent-pid", str(os.getpid())],
+            stdin=subprocess.PIPE,
+        )
         assert p.stdin is not None
         p.stdin.write(config_json(self.cfg).encode())
         p.stdin.close()

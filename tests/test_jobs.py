@@ -1,0 +1,399 @@
+"""Jobs without training: the gate's comparison, the queue's claims on SQLite and PostgreSQL
+(a lost worker, a stale claim, a cancel, two workers racing), and the HTTP API's answers to bad
+requests, the registry (shipped champions, aliases, audit) and /predict on the shipped models."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cloud_sink.config import SinkConfig
+from cloud_sink.jobs.queue import JobQueue, LostClaim, check_params
+from cloud_sink.store import Store, now_utc
+from tests.conftest import API_TOKEN
+from trainer.gate import ba_noise, compare, one_blink, segments
+
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+# ----------------------------------------------------------------------------- the gate
+
+
+def figures(
+    outside: int = 0, alarmed: int = 2, blinks: tuple[int, int, int] = (6, 0, 1), flip: int = 0
+) -> dict[str, Any]:
+    """Gate figures on a fixed set of 8 labelled stretches (4 open, 4 shut, 20 frames each);
+    ``flip`` stretches answered wrong."""
+    y = np.repeat([0, 1] * 4, 20)
+    p = y.astype(float)
+    for k in range(flip):
+        p[k * 40 : k * 40 + 20] = 1.0  # an open stretch called shut
+    tp, fp, fn = blinks
+    pred = p >= 0.5
+    ba = ((pred[y == 1]).mean() + (~pred[y == 0]).mean()) / 2
+    return {
+        "agent": {
+            "closure_alarms_outside": outside,
+            "closed_ranges": 2,
+            "closed_ranges_alarmed": alarmed,
+            "blinks": {"tp": tp, "fp": fp, "fn": fn, "f1": round(2 * tp / (2 * tp + fp + fn), 3)},
+        },
+        "model": {
+            "unit": "frames",
+            "open": 80,
+            "closed": 80,
+            "balanced_accuracy": round(float(ba), 4),
+            "samples": {
+                "y": y.tolist(),
+                "p": p.tolist(),
+                "segment": segments(y, np.zeros(len(y), dtype=np.int64)).tolist(),
+            },
+        },
+    }
+
+
+def verdicts(gate: dict[str, Any]) -> dict[str, bool]:
+    return {c["check"].split(" (")[0]: c["ok"] for c in gate["checks"]}
+
+
+def test_a_copy_of_the_champion_passes_the_gate() -> None:
+    gate = compare(figures(), figures())
+    assert gate["passed"] and all(verdicts(gate).values())
+
+
+def test_one_closure_alarm_outside_a_closure_refuses_whatever_the_champion_did() -> None:
+    gate = compare(figures(outside=1), figures(outside=1))
+    assert not gate["passed"] and verdicts(gate) == {
+        "closure alarms outside closed ranges": False,
+        "closed ranges alarmed": True,
+        "blink F1": True,
+        "balanced accuracy": True,
+    }
+
+
+def test_one_closure_fewer_alarmed_than_the_champion_refuses() -> None:
+    assert not compare(figures(alarmed=2), figures(alarmed=1))["passed"]
+    assert compare(figures(alarmed=1), figures(alarmed=2))["passed"]  # better is fine
+
+
+def test_blink_f1_may_fall_by_one_blink_not_by_two() -> None:
+    # 7 labelled blinks: one missed moves F1 from 0.923 to 0.833 on this set.
+    assert one_blink(6, 0, 1) == pytest.approx(12 / 13 - 10 / 12)
+    assert compare(figures(blinks=(6, 0, 1)), figures(blinks=(5, 0, 2)))["passed"]
+    assert not compare(figures(blinks=(6, 0, 1)), figures(blinks=(4, 0, 3)))["passed"]
+
+
+def test_balanced_accuracy_may_fall_within_its_noise_not_beyond() -> None:
+    """One of 8 stretches answered wrong is within the bootstrap's noise on so small a set; all
+    four open stretches answered wrong (a model trained on flipped labels) is far beyond it."""
+    champ = figures()
+    one = figures(flip=1)
+    assert ba_noise(champ["model"]["samples"], one["model"]["samples"]) > 0.125  # what one stretch moves BA
+    assert compare(champ, one)["passed"]
+    bad = compare(champ, figures(flip=4))
+    assert not bad["passed"] and not verdicts(bad)["balanced accuracy"]
+
+
+def test_the_gate_refuses_to_compare_different_samples() -> None:
+    other = figures()
+    other["model"]["samples"]["y"] = other["model"]["samples"]["y"][:-1]
+    with pytest.raises(ValueError, match="different samples"):
+        compare(figures(), other)
+
+
+# ----------------------------------------------------------------------------- the queue
+
+
+@pytest.fixture
+def queue(db_url: str) -> Any:
+    store = Store(db_url)
+    yield JobQueue(store)
+    store.close()
+
+
+def test_a_job_is_claimed_once_and_finished_only_by_its_current_claim(queue: JobQueue) -> None:
+    job = queue.submit("retrain", "temporal", {"steps": 5}, "test")
+    assert job["state"] == "queued" and job["attempts"] == 0
+    claim = queue.claim("w1")
+    assert claim is not None and claim.attempt == 1 and claim.params == {"steps": 5}
+    assert queue.claim("w2") is None  # nothing else queued
+    assert queue.heartbeat(claim) is False
+    # The worker goes silent: with one attempt left the job is queued again, and claimed anew.
+    assert queue.recover_stale(-1, max_attempts=2) == [job["id"]]
+    again = queue.claim("w2")
+    assert again is not None and again.attempt == 2
+    # The first worker wakes up: nothing it says is taken any more.
+    with pytest.raises(LostClaim):
+        queue.heartbeat(claim)
+    with pytest.raises(LostClaim):
+        queue.progress(claim, "log", {"message": "late"})
+    assert queue.finish(claim, "succeeded", result={"x": 1}) is False
+    assert queue.finish(again, "succeeded", result={"x": 2}) is True
+    done = queue.get(job["id"])
+    assert (done["state"], done["result"], done["attempts"]) == ("succeeded", {"x": 2}, 2)
+    states = [e["data"]["state"] for e in queue.events(job["id"]) if e["kind"] == "state"]
+    assert states == ["queued", "running", "queued", "running", "succeeded"]
+
+
+def test_a_job_whose_worker_is_lost_twice_fails_with_the_reason(queue: JobQueue) -> None:
+    job = queue.submit("retrain", "eye-state", {}, "test")
+    for _ in range(2):
+        assert queue.claim("w") is not None
+        queue.recover_stale(-1, max_attempts=2)
+    got = queue.get(job["id"])
+    assert got["state"] == "failed" and "lost" in got["error"] and "attempt 2" in got["error"]
+    assert queue.claim("w") is None
+
+
+def test_a_released_job_does_not_use_up_an_attempt(queue: JobQueue) -> None:
+    job = queue.submit("retrain", "temporal", {}, "test")
+    claim = queue.claim("w")
+    assert claim is not None
+    queue.release(claim, "worker stopped")
+    assert queue.get(job["id"])["state"] == "queued" and queue.get(job["id"])["attempts"] == 0
+
+
+def test_cancel_a_queued_job_at_once_and_a_running_one_at_its_heartbeat(queue: JobQueue) -> None:
+    a = queue.submit("retrain", "temporal", {}, "test")
+    b = queue.submit("retrain", "temporal", {}, "test")
+    claim = queue.claim("w")
+    assert claim is not None and claim.job_id == a["id"]  # oldest first
+    assert queue.cancel(b["id"])["state"] == "cancelled"
+    assert queue.cancel(a["id"])["state"] == "running"  # asked; the worker stops it
+    assert queue.heartbeat(claim) is True
+    assert queue.finish(claim, "cancelled")
+    assert queue.get(a["id"])["state"] == "cancelled"
+    assert queue.claim("w") is None
+
+
+def test_two_workers_racing_never_take_the_same_job(queue: JobQueue) -> None:
+    ids = {queue.submit("retrain", "temporal", {}, "test")["id"] for _ in range(12)}
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def work(name: str) -> None:
+        while (c := queue.claim(name)) is not None:
+            with lock:
+                taken.append(c.job_id)
+            queue.finish(c, "succeeded", result={})
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(taken) == sorted(ids)
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "why"),
+    [
+        ("temporal", {"epochs": 3}, "epochs is for the eye-state model"),
+        ("eye-state", {"steps": 3}, "steps is for the temporal model"),
+        ("temporal", {"steps": 0}, "steps must be an integer"),
+        ("temporal", {"steps": True}, "steps must be an integer"),
+        ("temporal", {"labels": ["maybe"]}, "labels must be a list of"),
+        ("temporal", {"since": "yesterday"}, "since must be an ISO 8601 time"),
+        ("temporal", {"gpu": 1}, "unknown parameter gpu"),
+        ("temporal", {"fleet_only": "yes"}, "fleet_only must be true or false"),
+    ],
+)
+def test_bad_job_parameters_are_named(model: str, params: dict[str, Any], why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        check_params(model, params)
+
+
+# ----------------------------------------------------------------------------- the API
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Any:
+    from fastapi.testclient import TestClient
+
+    from cloud_sink.api import create_app
+
+    cfg = SinkConfig(state_dir=tmp_path, api={"tokens": [API_TOKEN], "rate_limit": "10000/minute"})
+    store = Store(cfg.database_url())
+    with TestClient(create_app(cfg, store)) as client:
+        yield client, cfg, store
+    store.close()
+
+
+def test_bad_job_requests_get_422_or_404(api: Any) -> None:
+    client, _, _ = api
+    for body in (
+        {"kind": "reboot", "model": "temporal"},
+        {"kind": "retrain", "model": "gaze"},
+        {"kind": "retrain", "model": "temporal", "params": {"epochs": 3}},
+        {"kind": "retrain", "model": "temporal", "extra": 1},
+    ):
+        r = client.post("/jobs", json=body, headers=AUTH)
+        assert r.status_code == 422, (body, r.text)
+    missing = "00000000-0000-0000-0000-000000000000"
+    assert client.get(f"/jobs/{missing}", headers=AUTH).status_code == 404
+    assert client.delete(f"/jobs/{missing}", headers=AUTH).status_code == 404
+    assert client.get(f"/jobs/{missing}/events", headers=AUTH).status_code == 404
+    assert client.post("/jobs", json={"kind": "retrain", "model": "temporal"}).status_code == 401
+
+
+def test_a_queued_job_is_listed_shown_and_cancelled_over_http(api: Any) -> None:
+    client, _, _ = api
+    r = client.post(
+        "/jobs", json={"kind": "retrain", "model": "temporal", "params": {"steps": 3}}, headers=AUTH
+    )
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert [j["id"] for j in client.get("/jobs", headers=AUTH).json()] == [job["id"]]
+    assert client.get("/jobs?state=queued", headers=AUTH).json()[0]["params"] == {"steps": 3}
+    assert client.delete(f"/jobs/{job['id']}", headers=AUTH).json()["state"] == "cancelled"
+    # The stream of a finished job plays its events and ends.
+    with client.stream("GET", f"/jobs/{job['id']}/events", headers=AUTH) as s:
+        text = "".join(s.iter_text())
+    assert text.count("event: state") == 2 and '"cancelled"' in text
+
+
+def test_models_lists_the_shipped_champions_and_aliases_move_with_an_audit(api: Any) -> None:
+    client, cfg, store = api
+    models = {m["name"]: m for m in client.get("/models", headers=AUTH).json()}
+    assert set(models) == {"sleepsafe-temporal", "sleepsafe-eye-state"}
+    for m in models.values():
+        (v,) = m["versions"]
+        assert (
+            v["aliases"] == ["champion"]
+            and v["tags"]["source"] == "shipped"
+            and len(v["tags"]["sha256"]) == 64
+        )
+        assert m["input"]
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "models" / "temporal.json").read_text())
+    assert models["sleepsafe-temporal"]["versions"][0]["tags"]["sha256"] == shipped["sha256"]
+    from cloud_sink.registry import Registry, UnknownModel
+
+    reg = Registry(cfg)
+    out = reg.set_alias(store, "sleepsafe-temporal/1", "challenger", "tester", "a second opinion")
+    assert out == {"model": "sleepsafe-temporal", "alias": "challenger", "version": "1", "previous": None}
+    with pytest.raises(ValueError, match="promote another version"):
+        reg.remove_alias(store, "sleepsafe-temporal", "champion", "tester", "no")
+    reg.remove_alias(store, "temporal", "challenger", "tester", "done")
+    with pytest.raises(UnknownModel):
+        reg.resolve("sleepsafe-temporal@challenger")
+    audit = client.get("/models", headers=AUTH).json()[0]["audit"]
+    assert [(a["action"], a["version"], a["previous"], a["by"]) for a in audit] == [
+        ("set", "1", None, "tester"),
+        ("removed", None, "1", "tester"),
+    ]
+
+
+def _window(n: int = 30) -> list[list[float]]:
+    rng = np.random.default_rng(3)
+    rows = np.column_stack([rng.uniform(0.2, 1.2, n), rng.uniform(0.1, 0.35, n), rng.uniform(0, 0.5, n),
+                            rng.uniform(-5, 5, n), rng.uniform(0, 1, n), rng.uniform(0, 1, n), np.full(n, 1 / 30)])  # fmt: skip
+    return [[float(x) for x in r] for r in rows]
+
+
+def test_predict_scores_on_the_registered_model_as_the_runtime_does(api: Any) -> None:
+    client, _, _ = api
+    from sleepsafe.onnxmodels import EyeStateSession, Options, TemporalModel
+
+    window = _window()
+    r = client.post(
+        "/predict?model=sleepsafe-temporal@champion", json={"windows": [window, window[:5]]}, headers=AUTH
+    )
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["version"] == "1" and "CPUExecutionProvider" in got["providers"]
+    repo = Path(__file__).resolve().parents[1] / "models"
+    direct = TemporalModel(repo / "temporal.onnx", Options(("cpu",)), Path("/tmp"))
+    want = [direct.step(row)[0] for row in window]
+    assert got["outputs"][0]["closed"] == pytest.approx(want, abs=1e-6)
+    assert got["outputs"][1]["closed"] == pytest.approx(want[:5], abs=1e-6)  # each window from a fresh state
+    crops = np.random.default_rng(1).standard_normal((3, 2, 24, 48)).astype(np.float32)
+    r = client.post("/predict?model=eye-state/1", json={"crops": crops.tolist()}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    eye = EyeStateSession(repo / "eye_state.onnx", Options(("cpu",)), Path("/tmp"))
+    assert [o["closed"] for o in r.json()["outputs"]] == pytest.approx(eye.predict(crops).tolist(), abs=1e-5)
+
+
+def test_predict_refuses_bad_input_and_unknown_models(api: Any) -> None:
+    client, _, _ = api
+    url = "/predict?model=sleepsafe-temporal@champion"
+    window = _window(4)
+    short = [row[:6] for row in window]
+    assert client.post(url, json={"windows": [short]}, headers=AUTH).status_code == 422
+    nan = json.dumps({"windows": [window]}).replace(str(window[0][0]), "NaN", 1)
+    r = client.post(url, content=nan, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert client.post(url, json={"crops": [[[[0.0] * 48] * 24] * 2]}, headers=AUTH).status_code == 422
+    assert client.post(url, json={}, headers=AUTH).status_code == 422
+    for ref, code in (
+        ("sleepsafe-temporal@nightly", 404),
+        ("sleepsafe-temporal/99", 404),
+        ("sleepsafe-gaze@champion", 404),
+        ("temporal", 422),
+    ):
+        r = client.post(f"/predict?model={ref}", json={"windows": [window]}, headers=AUTH)
+        assert r.status_code == code, (ref, r.text)
+        assert len(r.json()["detail"].splitlines()) == 1
+
+
+def test_an_evaluation_logged_over_http_is_an_mlflow_run(api: Any) -> None:
+    client, _, _ = api
+    body = {"name": "night-shift review", "model": "sleepsafe-temporal@champion", "metrics": {"recall": 0.9}}
+    r = client.post("/metrics/model", json={**body, "params": {"set": "november"}}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    runs = {x["run_id"]: x for x in client.get("/mlflow/runs", headers=AUTH).json()}
+    run = runs[r.json()["run_id"]]
+    assert run["name"] == "night-shift review" and run["metrics"] == {"recall": 0.9}
+    assert run["params"] == {"set": "november"} and run["tags"]["sleepsafe.version"] == "1"
+    bad = copy.deepcopy(body)
+    bad["metrics"] = {"recall": "high"}
+    assert client.post("/metrics/model", json=bad, headers=AUTH).status_code == 422
+    bad["metrics"], bad["model"] = {"recall": 1.0}, "sleepsafe-temporal@nightly"
+    assert client.post("/metrics/model", json=bad, headers=AUTH).status_code == 404
+
+
+def test_an_unreachable_mlflow_is_a_503_with_the_reason_and_nothing_else_fails(tmp_path: Path) -> None:
+    import socket
+
+    from fastapi.testclient import TestClient
+
+    from cloud_sink.api import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    cfg = SinkConfig(
+        state_dir=tmp_path,
+        api={"tokens": [API_TOKEN]},
+        mlflow={"tracking_uri": f"http://127.0.0.1:{port}", "timeout_s": 2},
+    )
+    store = Store(cfg.database_url())
+    with TestClient(create_app(cfg, store)) as client:
+        r = client.get("/models", headers=AUTH)
+        assert r.status_code == 503 and f"127.0.0.1:{port}" in r.json()["detail"]
+        assert client.get("/health").json()["database"] == "ok"
+        assert client.get("/events/recent", headers=AUTH).status_code == 200
+        assert (
+            client.post("/jobs", json={"kind": "retrain", "model": "temporal"}, headers=AUTH).status_code
+            == 201
+        )
+    store.close()
+
+
+def test_a_job_with_no_labelled_fleet_data_fails_with_the_reason(tmp_path: Path) -> None:
+    from trainer.worker import run_worker
+
+    cfg = SinkConfig(state_dir=tmp_path)
+    store = Store(cfg.database_url())
+    queue = JobQueue(store)
+    job = queue.submit("retrain", "temporal", {}, "test")
+    run_worker(cfg, store, threading.Event(), once=True)
+    got = queue.get(job["id"])
+    assert got["state"] == "failed" and got["error"].startswith("dataset: no labelled events"), got["error"]
+    assert got["finished_at"] and now_utc().year >= 2026
+    store.close()
