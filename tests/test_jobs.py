@@ -291,8 +291,8 @@ def test_models_lists_the_shipped_champions_and_aliases_move_with_an_audit(api: 
 
 def _window(n: int = 30) -> list[list[float]]:
     rng = np.random.default_rng(3)
-    rows = np.column_stack([rng.uniform(0.2, 1.2, n), rng.uniform(0.1, 0.35, n), rng.uniform(0, 0.5, n),
-                            rng.uniform(-5, 5, n), rng.uniform(0, 1, n), rng.uniform(0, 1, n), np.full(n, 1 / 30)])  # fmt: skip
+    cols = [(0.2, 1.2), (0.1, 0.35), (0, 0.5), (-5, 5), (0, 1), (0, 1)]  # temporal_vector's ranges
+    rows = np.column_stack([*(rng.uniform(a, b, n) for a, b in cols), np.full(n, 1 / 30)])
     return [[float(x) for x in r] for r in rows]
 
 
