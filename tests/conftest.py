@@ -398,7 +398,7 @@ _SERVICE_FIXTURES = {"broker", "postgres", "db_url", "fleet", "running", "api"}
 # Modules whose tests start daemons or servers of their own (subprocesses, sockets).
 _SERVICE_MODULES = {
     "test_daemon", "test_mqtt", "test_fleet", "test_sink_e2e", "test_sink_robust", "test_sink_mqtt_fuzz",
-    "test_sink_api_fuzz", "test_systemd", "test_check_config", "test_retention",
+    "test_sink_api_fuzz", "test_systemd", "test_check_config", "test_retention", "test_retrain",
 }  # fmt: skip
 
 
