@@ -28,9 +28,7 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 STAGES = ["dataset", "train", "export", "gate", "register"]
 
 
-def sink_cli(
-    workdir: Path, url: str, *args: str, timeout: float = 600, **sets: str
-) -> subprocess.CompletedProcess[str]:
+def sink_cli(workdir: Path, url: str, *args: str, **sets: str) -> subprocess.CompletedProcess[str]:
     base = {"state_dir": str(workdir), "store.url": url, **sets}
     argv = [a for k, v in base.items() for a in ("--set", f"{k}={v}")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLEEPSAFE_SINK_")}
@@ -367,19 +365,7 @@ def test_a_job_on_postgresql_records_into_a_real_mlflow_server(
     q = sink_cli(tmp_path, url, "retrain", "--model", "temporal", "--json", **sets)
     assert q.returncode == 0, q.stderr
     job_id = json.loads(q.stdout)["id"]
-    argv = [
-        a
-        for k, v in {"state_dir": str(tmp_path), "store.url": url, **sets}.items()
-        for a in ("--set", f"{k}={v}")
-    ]
-    w = subprocess.run(
-        [sys.executable, "-m", "trainer", *argv, "--once"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert w.returncode == 0, w.stderr[-3000:]
+    worker_once(tmp_path, url, sets)
     from cloud_sink.jobs.queue import JobQueue
     from cloud_sink.store import Store
 
@@ -411,19 +397,7 @@ def test_a_job_whose_mlflow_is_unreachable_fails_with_the_reason(
     q = sink_cli(work, url, "retrain", "--model", "temporal", "--json", **sets)
     job_id = json.loads(q.stdout)["id"]
     t0 = time.monotonic()
-    argv = [
-        a
-        for k, v in {"state_dir": str(work), "store.url": url, **sets}.items()
-        for a in ("--set", f"{k}={v}")
-    ]
-    w = subprocess.run(
-        [sys.executable, "-m", "trainer", *argv, "--once"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert w.returncode == 0, w.stderr[-2000:]
+    worker_once(work, url, sets)
     from cloud_sink.jobs.queue import JobQueue
     from cloud_sink.store import Store
 

@@ -179,7 +179,13 @@ class JobQueue:
         )
         with self.engine.connect() as conn:
             return [
-                {"id": r.id, "job_id": job_id, "time": _iso(r.time), "kind": r.kind, "data": json.loads(r.data)}
+                {
+                    "id": r.id,
+                    "job_id": job_id,
+                    "time": _iso(r.time),
+                    "kind": r.kind,
+                    "data": json.loads(r.data),
+                }
                 for r in conn.execute(q)
             ]
 
