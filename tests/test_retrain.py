@@ -200,6 +200,39 @@ def test_retrain_wait_trains_exports_registers_and_gates_a_candidate(loop: dict[
     assert r.status_code == 200 and len(r.json()["outputs"][0]["closed"]) == 5, r.text
 
 
+def test_backtest_on_the_held_out_vehicles_agrees_with_what_the_gate_measured(loop: dict[str, Any]) -> None:
+    """Every vehicle held out (held_out_share 1): the gate scores the candidate and the champion
+    on the fleet's labelled events too, and `sleepsafe-sink backtest --held-out` replays the
+    same events through /predict's scoring path: the same figures."""
+    job = post_job(loop, steps=30, held_out_share=1.0)
+    done = wait_for_state(loop, job["id"], ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done["error"]
+    client = mlflow_client(loop)
+    gate = json.loads(
+        Path(client.download_artifacts(done["result"]["run_id"], "gate.json", str(loop["tmp"]))).read_text()
+    )
+    ref = f"sleepsafe-temporal/{done['result']['version']}"
+    p = sink_cli(
+        loop["tmp"] / "sink", loop["url"], "backtest", "--model", ref, "--held-out", "--json", **loop["sets"]
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    bt = json.loads(p.stdout)
+    assert bt["vehicles"] == ["bus-wolfgang"] and bt["held_out_only"]
+    for side in ("candidate", "champion"):
+        fleet = gate[side]["figures"]["model_fleet"]
+        assert bt[side]["balanced_accuracy"] == fleet["balanced_accuracy"], side
+        assert bt[side]["frames"] == fleet["open"] + fleet["closed"], side
+    assert bt["champion"]["version"] == "1" and bt["candidate"]["events"] >= 2
+    text = sink_cli(
+        loop["tmp"] / "sink", loop["url"], "backtest", "--model", ref, "--since", "30d", **loop["sets"]
+    )
+    assert text.returncode == 0 and "sleepsafe-temporal@champion (v1)" in text.stdout, text.stderr[-2000:]
+    bad = sink_cli(
+        loop["tmp"] / "sink", loop["url"], "backtest", "--model", "sleepsafe-temporal@nightly", **loop["sets"]
+    )
+    assert bad.returncode == 66 and bad.stderr.count("\n") == 1, bad.stderr
+
+
 def _read_sse(response: Any, limit: int | None = None) -> list[dict[str, Any]]:
     """Parse server-sent events from a streaming response (stop after ``limit``)."""
     out: list[dict[str, Any]] = []

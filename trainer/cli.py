@@ -1,8 +1,11 @@
 """`sleepsafe-worker`: run the sink's queued jobs, on the sink's machine or on another one (a GPU
-box) against the same database.  Reads the sink's configuration (``--config``, ``--set``,
-``SLEEPSAFE_SINK_*``), or with ``--config-stdin`` the JSON the sink hands its embedded worker.
+box) against the same database; `sleepsafe-worker backtest` (also `sleepsafe-sink backtest`)
+replays the stored labelled events through a registered model.  Reads the sink's configuration
+(``--config``, ``--set``, ``SLEEPSAFE_SINK_*``), or with ``--config-stdin`` the JSON the sink
+hands its embedded worker.
 
-Exit codes: 0 ok, 69 training packages or database unavailable, 78 config.
+Exit codes: 0 ok, 65 nothing to backtest, 66 unknown model, 69 training packages, MLflow or the
+database unavailable, 78 config.
 """
 
 from __future__ import annotations
@@ -23,6 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config-stdin", action="store_true", help="read the configuration as JSON from stdin")
     p.add_argument("--once", action="store_true", help="exit when the queue is empty")
     p.add_argument("--parent-pid", type=int, help="stop when this process (the sink) is gone")
+    sub = p.add_subparsers(dest="command")
+    bt = sub.add_parser("backtest", help="replay the stored labelled events through a registered model")
+    bt.add_argument(
+        "--model", required=True, help="NAME@ALIAS or NAME/VERSION, e.g. sleepsafe-temporal@challenger"
+    )
+    bt.add_argument("--since", help="only events since: 7d, 12h, 2w or an ISO 8601 time")
+    bt.add_argument("--held-out", action="store_true", help="only the vehicles the exports hold out")
+    bt.add_argument(
+        "--held-out-share", type=float, default=0.2, help="share of vehicles held out, as the job's (0-1)"
+    )
+    bt.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     configure_logging()
     from cloud_sink.jobs.embedded import missing_training_packages
@@ -39,14 +53,45 @@ def main(argv: list[str] | None = None) -> int:
     missing = missing_training_packages()
     if missing:
         return die("sleepsafe-worker", Exit.UNAVAILABLE, missing)
-    from .worker import worker_main
-
     try:
+        if args.command == "backtest":
+            return _backtest(cfg, args)
+        from .worker import worker_main
+
         return worker_main(cfg, once=args.once, parent_pid=args.parent_pid)
     except StoreError as err:
         return die("sleepsafe-worker", Exit.UNAVAILABLE, str(err))
     except KeyboardInterrupt:
         return 130
+
+
+def _backtest(cfg: SinkConfig, args: argparse.Namespace) -> int:
+    import json
+
+    from cloud_sink.registry import RegistryUnavailable, UnknownModel
+    from cloud_sink.store import Store
+
+    from .backtest import backtest, format_backtest, parse_since
+
+    try:
+        since = parse_since(args.since)
+    except ValueError as err:
+        return die("sleepsafe-worker", Exit.USAGE, f"backtest: {err}")
+    store = Store(cfg.database_url())
+    try:
+        report = backtest(
+            cfg, store, args.model, since=since, held_out=args.held_out, held_out_share=args.held_out_share
+        )
+    except UnknownModel as err:
+        return die("sleepsafe-worker", Exit.NOINPUT, f"backtest: {err}")
+    except RegistryUnavailable as err:
+        return die("sleepsafe-worker", Exit.UNAVAILABLE, f"backtest: {err}")
+    except ValueError as err:
+        return die("sleepsafe-worker", Exit.DATAERR, str(err))
+    finally:
+        store.close()
+    print(json.dumps(report, indent=2) if args.json else format_backtest(report))
+    return 0
 
 
 if __name__ == "__main__":

@@ -263,7 +263,15 @@ def agent_figures(files: dict[str, Path], held: HeldOut, state_dir: Path) -> dic
 
 
 def measure(kind: str, files: dict[str, Path], held: HeldOut, state_dir: Path) -> dict[str, Any]:
-    return {"agent": agent_figures(files, held, state_dir), "model": model_figures(kind, files, held)}
+    out = {"agent": agent_figures(files, held, state_dir), "model": model_figures(kind, files, held)}
+    fleet = [c for c in held.clips if c.subject.startswith("fleet:")]
+    if fleet:  # the held-out vehicles alone: what `sleepsafe-sink backtest --held-out` measures
+        try:
+            part = model_figures(kind, files, HeldOut(fleet, held.eye_probs, [], held.clips_dir, []))
+            out["model_fleet"] = {k: v for k, v in part.items() if k != "samples"}
+        except ValueError:
+            pass  # no labelled frame (or crop) among them
+    return out
 
 
 def flat_metrics(figures: dict[str, Any], prefix: str) -> dict[str, float]:

@@ -29,7 +29,7 @@ State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL: tuple[State, ...] = ("succeeded", "failed", "cancelled")
 
 
-PARAMS = {"steps", "epochs", "seed", "since", "labels", "fleet_only"}
+PARAMS = {"steps", "epochs", "seed", "since", "labels", "fleet_only", "held_out_share"}
 
 
 def check_params(model: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +58,11 @@ def check_params(model: str, params: dict[str, Any]) -> dict[str, Any]:
             datetime.fromisoformat(str(params["since"]))
         except ValueError:
             raise ValueError("since must be an ISO 8601 time") from None
+    share = params.get("held_out_share")
+    if share is not None and (
+        isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1
+    ):
+        raise ValueError("held_out_share must be a number in 0..1")
     if not isinstance(params.get("fleet_only", False), bool):
         raise ValueError("fleet_only must be true or false")
     return params
