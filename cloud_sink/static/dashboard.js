@@ -106,6 +106,52 @@ function fillTables(d) {
   sel.value = keep && d.devices.some(x => x.device_id === keep) ? keep : (busiest || "");
 }
 
+async function fillJobs() {
+  const jobs = await api("/jobs?limit=10");
+  const body = document.querySelector("#jobs tbody");
+  body.replaceChildren();
+  for (const j of jobs) {
+    const tr = document.createElement("tr");
+    tr.dataset.state = j.state;
+    cell(tr, when(j.created_at)); cell(tr, j.model); cell(tr, j.state, j.state);
+    const td = document.createElement("td"), bar = document.createElement("progress");
+    // GET /jobs has no progress: the bar of a running job asks the job itself.
+    bar.max = 1; bar.value = j.state === "succeeded" ? 1 : 0;
+    td.appendChild(bar); tr.appendChild(td);
+    const r = j.result;
+    cell(tr, r ? r.model + "/" + r.version + " · " + r.gate.summary + " · BA " + r.metrics.balanced_accuracy : (j.error || "–"));
+    body.appendChild(tr);
+    if (j.state === "running") {
+      api("/jobs/" + j.id).then(full => {
+        if (full.progress) { bar.value = full.progress.fraction; bar.title = full.progress.stage + " " + full.progress.done + "/" + full.progress.total; }
+      }).catch(() => {});
+    }
+  }
+  return jobs.length;
+}
+
+async function fillModels() {
+  const note = document.getElementById("models-error");
+  const body = document.querySelector("#models tbody");
+  let models;
+  try { models = await api("/models"); } catch (e) { note.textContent = String(e.message || e); note.hidden = false; return 0; }
+  note.hidden = true;
+  body.replaceChildren();
+  let rows = 0;
+  for (const m of models) {
+    for (const v of m.versions.slice(0, 5)) {
+      const tr = document.createElement("tr");
+      cell(tr, m.name); cell(tr, v.version);
+      cell(tr, v.aliases.map(a => "@" + a).join(" ") || "–");
+      const ba = v.metrics["gate.balanced_accuracy"];
+      cell(tr, ba == null ? "–" : ba.toFixed(3));
+      cell(tr, v.gate ? v.gate.summary : (v.tags.source || "–"), v.gate ? (v.gate.passed ? "passed" : "refused") : "");
+      body.appendChild(tr); rows++;
+    }
+  }
+  return rows;
+}
+
 async function refresh() {
   const err = document.getElementById("error");
   try {
@@ -117,6 +163,8 @@ async function refresh() {
     document.getElementById("n-dead").textContent = d.statistics.rows.dead_letters;
     drawFleet(d); drawRate(d); drawPerclos(d); fillTables(d);
     const points = await drawTimeline(document.getElementById("device").value, hours);
+    document.body.dataset.jobs = await fillJobs();
+    document.body.dataset.models = await fillModels();
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
     document.body.dataset.timelinePoints = points;
     document.body.dataset.refreshes = Number(document.body.dataset.refreshes) + 1;
