@@ -297,6 +297,7 @@ def test_the_dashboard_shows_jobs_with_their_progress_and_the_models_gate(loop: 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
         _unavailable("Debian's chromium is not installed (make test installs it)")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from tests.conftest import launch_chromium
@@ -319,7 +320,7 @@ def test_the_dashboard_shows_jobs_with_their_progress_and_the_models_gate(loop: 
                     ".some(b => b.value > 0 && b.value < 1)",
                     timeout=30_000,
                 )
-            except Exception:
+            except PlaywrightTimeout:
                 raise AssertionError(
                     f"{page.inner_text('#error')} {problems} {page.inner_html('#jobs')[:800]}"
                 ) from None
