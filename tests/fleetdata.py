@@ -30,9 +30,9 @@ def to_label(journal: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [j for j in journal if j["phase"] in ("raised", "instant") and j["type"] in LABELLED_TYPES]
 
 
-def build(url: str, clips: Path, state: Path) -> dict[str, Any]:
+def build(url: str, clips: Path, state: Path, *, eye_crops: bool = False) -> dict[str, Any]:
     """Store the two vehicles' records at ``url`` and label them; returns their journals (as
-    dicts) and the labels given."""
+    dicts) and the labels given.  ``eye_crops``: the vehicles capture them (capture.eye_crops)."""
     from cloud_sink.store import Store
     from cloud_sink.validate import validate
     from edge_agent.config import EdgeConfig
@@ -51,6 +51,7 @@ def build(url: str, clips: Path, state: Path) -> dict[str, Any]:
                 state_dir=state / device,
                 mqtt={"enabled": False},  # type: ignore[arg-type]
                 alerts={"sound": {"enabled": False}},  # type: ignore[arg-type]
+                capture={"eye_crops": eye_crops},  # type: ignore[arg-type]
             )
             res = replay_clip(cfg, clips / clip)
             records = res.raised + res.events

@@ -68,7 +68,7 @@ def loop(clips: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) 
     tmp = tmp_path_factory.mktemp("loop")
     url = f"sqlite:///{tmp / 'sink' / 'sink.sqlite3'}"
     (tmp / "sink").mkdir()
-    fleet = fleetdata.build(url, clips, tmp / "cars")
+    fleet = fleetdata.build(url, clips, tmp / "cars", eye_crops=True)
     assert fleet["labels"].get("confirmed") and fleet["labels"].get("false_alarm"), fleet["labels"]
     broker = Mosquitto(tmp / "broker")
     broker.start()
@@ -231,6 +231,30 @@ def test_backtest_on_the_held_out_vehicles_agrees_with_what_the_gate_measured(lo
         loop["tmp"] / "sink", loop["url"], "backtest", "--model", "sleepsafe-temporal@nightly", **loop["sets"]
     )
     assert bad.returncode == 66 and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_an_eye_state_job_trains_on_the_vehicles_eye_crops(loop: dict[str, Any]) -> None:
+    job = post_job(loop, "eye-state", epochs=1)
+    done = wait_for_state(loop, job["id"], ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done["error"]
+    result = done["result"]
+    assert result["model"] == "sleepsafe-eye-state" and result["onnx_version"].endswith(job["id"][:8])
+    client = mlflow_client(loop)
+    report = json.loads(
+        Path(
+            client.download_artifacts(result["run_id"], "training/report.json", str(loop["tmp"]))
+        ).read_text()
+    )
+    fleet_clips = [c for c in report["data"]["clips"] if c.startswith("fleet/")]
+    assert fleet_clips, "the vehicles' crops were trained on"
+    assert any(d.get("dataset_id") == result["dataset_id"] for d in report["datasets"])
+    gate = {c["check"].split(" (")[0]: c for c in result["gate"]["checks"]}
+    assert gate["balanced accuracy"]["check"].endswith("(crops)")
+    mv = client.get_model_version("sleepsafe-eye-state", result["version"])
+    assert ("challenger" in (client.get_registered_model("sleepsafe-eye-state").aliases or {})) == result[
+        "challenger"
+    ]
+    assert mv.tags["gate"] == ("passed" if result["challenger"] else "refused")
 
 
 def _read_sse(response: Any, limit: int | None = None) -> list[dict[str, Any]]:
