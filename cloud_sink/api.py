@@ -40,7 +40,7 @@ from sleepsafe.protocol import EventType, topic
 
 from .config import SinkConfig
 from .ingest import Ingest, Metrics
-from .jobs.api import add_job_routes
+from .jobs.api import add_job_routes, job_health
 from .labels import LABELLER_PATTERN, EventLabel
 from .store import Store, UnknownEvent, WriteResult, one_line
 from .validate import DEVICE_RE, ClockWindow, Rejected, Valid, validate
@@ -111,8 +111,13 @@ def _plotly_js() -> Path:
 
 
 def create_app(
-    cfg: SinkConfig, store: Store, ingest: Ingest | None = None, metrics: Metrics | None = None
+    cfg: SinkConfig,
+    store: Store,
+    ingest: Ingest | None = None,
+    metrics: Metrics | None = None,
+    worker: Any = None,
 ) -> FastAPI:
+    """``worker``: the embedded jobs worker (cloud_sink.jobs.embedded), for /health."""
     tokens = cfg.api_tokens()
     if not tokens:
         raise ValueError(
@@ -177,6 +182,9 @@ def create_app(
         problems = [] if db_ok else ["database unreachable"]
         if ingest is not None:  # an API-only process has no ingest to judge
             problems += ingest.problems()
+        jobs = job_health(store, worker) if db_ok else {}
+        if jobs.get("problem"):
+            problems.append(jobs["problem"])
         out = {
             "status": "ok" if not problems else "degraded",
             "problems": problems,
@@ -184,6 +192,7 @@ def create_app(
             "mqtt_connected": bool(ingest and ingest.connected.is_set()),
             "writer_alive": bool(ingest and ingest.failed is None),
             "queue_depth": ingest.queue_depth if ingest else 0,
+            "jobs": {k: v for k, v in jobs.items() if k != "problem"},
             "version": __version__,
         }
         if problems:

@@ -44,13 +44,18 @@ def serve(cfg: SinkConfig, store: Store, *, on_ready: Any = None) -> int:
     stop = threading.Event()
     notify = Notifier()
     ingest = Ingest(cfg, store)
+    worker = None
+    if cfg.jobs.worker:
+        from .jobs.embedded import EmbeddedWorker
+
+        worker = EmbeddedWorker(cfg)
     server: Any = None
     if cfg.api.enabled:
         import uvicorn
 
         from .api import create_app
 
-        app = create_app(cfg, store, ingest)
+        app = create_app(cfg, store, ingest, worker=worker)
 
         class _Server(uvicorn.Server):
             # Signals are ours: the ingest must flush before the process ends.
@@ -90,11 +95,8 @@ def serve(cfg: SinkConfig, store: Store, *, on_ready: Any = None) -> int:
     ticker = threading.Thread(target=_stats_loop, args=(cfg, ingest, stop), name="sink-stats", daemon=True)
     ticker.start()
     pruner = start_pruner(cfg, store, stop)
-    worker = None
-    if cfg.jobs.worker:
-        from .jobs.embedded import EmbeddedWorker
-
-        worker = EmbeddedWorker(cfg).start()
+    if worker is not None:
+        worker.start()
     try:
         if server is not None:
             import asyncio

@@ -397,3 +397,31 @@ def test_a_job_with_no_labelled_fleet_data_fails_with_the_reason(tmp_path: Path)
     assert got["state"] == "failed" and got["error"].startswith("dataset: no labelled events"), got["error"]
     assert got["finished_at"] and now_utc().year >= 2026
     store.close()
+
+
+def test_health_says_when_jobs_wait_for_a_worker_this_sink_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sink installed without the training packages (here: one more package that is really
+    not installed) runs no worker; queued jobs then make /health 503 with the reason."""
+    from fastapi.testclient import TestClient
+
+    from cloud_sink.api import create_app
+    from cloud_sink.jobs import embedded
+
+    monkeypatch.setattr(
+        embedded, "TRAINING_PACKAGES", (*embedded.TRAINING_PACKAGES, "sleepsafe_no_such_package")
+    )
+    cfg = SinkConfig(state_dir=tmp_path, api={"tokens": [API_TOKEN]})
+    store = Store(cfg.database_url())
+    worker = embedded.EmbeddedWorker(cfg).start()
+    assert worker.unavailable and "sleepsafe_no_such_package" in worker.unavailable and not worker.alive
+    with TestClient(create_app(cfg, store, worker=worker)) as client:
+        first = client.get("/health")
+        assert first.status_code == 200 and first.json()["jobs"]["queued"] == 0
+        client.post("/jobs", json={"kind": "retrain", "model": "temporal"}, headers=AUTH)
+        r = client.get("/health")
+        assert r.status_code == 503, r.json()
+        (problem,) = r.json()["problems"]
+        assert problem.startswith("1 jobs queued and no worker") and "sleepsafe_no_such_package" in problem
+    store.close()

@@ -191,6 +191,8 @@ def test_retrain_wait_trains_exports_registers_and_gates_a_candidate(loop: dict[
     assert card["sha256"] == v["tags"]["sha256"] and card["version"] == result["onnx_version"]
     assert card["parity_max_abs_diff_vs_torch"] <= card["parity_tolerance"]
 
+    health = httpx.get(f"{loop['base']}/health").json()
+    assert health["jobs"]["worker"] == "alive" and health["status"] == "ok", health
     # The new version scores over /predict like any other.
     r = httpx.post(
         f"{loop['base']}/predict?model=sleepsafe-temporal/{result['version']}",

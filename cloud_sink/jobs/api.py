@@ -121,6 +121,24 @@ class Scorer:
         }
 
 
+def job_health(store: Store, worker: Any) -> dict[str, Any]:
+    """Jobs by state and the embedded worker's; a problem when jobs wait for a worker that this
+    sink should run and cannot (the training packages are missing, or it keeps dying)."""
+    counts = JobQueue(store).counts()
+    out: dict[str, Any] = {"queued": counts.get("queued", 0), "running": counts.get("running", 0)}
+    if worker is None:
+        out["worker"] = "external"
+        return out
+    if worker.unavailable:
+        out["worker"] = f"unavailable: {worker.unavailable}"
+    else:
+        out["worker"] = "alive" if worker.alive else "restarting"
+        out["worker_restarts"] = worker.restarts
+    if out["queued"] and worker.unavailable:
+        out["problem"] = f"{out['queued']} jobs queued and no worker: {worker.unavailable}"
+    return out
+
+
 def add_job_routes(app: FastAPI, cfg: SinkConfig, store: Store, Auth: Any) -> None:
     queue = JobQueue(store)
     state: dict[str, Any] = {}
