@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prune":
             return _cmd_prune(cfg, store, dry_run=args.dry_run, as_json=args.json)
         if args.command == "retrain":
-            return _cmd_retrain(store, args)
+            return _cmd_retrain(cfg, store, args)
         if args.command == "models":
             return _cmd_models(cfg, store, args)
         from .service import serve
@@ -268,10 +268,11 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def _cmd_retrain(store: Store, args: argparse.Namespace) -> int:
+def _cmd_retrain(cfg: SinkConfig, store: Store, args: argparse.Namespace) -> int:
     import getpass
 
-    from .jobs.queue import JobQueue, check_params
+    from .jobs.dispatch import open_queue
+    from .jobs.queue import check_params
 
     params = {
         k: v
@@ -285,7 +286,7 @@ def _cmd_retrain(store: Store, args: argparse.Namespace) -> int:
     }
     if args.fleet_only:
         params["fleet_only"] = True
-    queue = JobQueue(store)
+    queue = open_queue(cfg, store)
     try:
         job = queue.submit(
             "retrain", args.model, check_params(args.model, params), f"cli:{getpass.getuser()}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -200,6 +200,12 @@ class JobsConfig(Section):
         True,
         description="Run a worker process beside the sink (nothing else to start). Off: jobs wait for a "
         "`sleepsafe-sink worker` started elsewhere against the same database.",
+    )
+    engine: Literal["table", "procrastinate"] = Field(
+        "table",
+        description="How workers find jobs: table (they poll the sink's jobs table; SQLite or PostgreSQL) "
+        "or procrastinate (each job is also deferred through procrastinate on the sink's PostgreSQL, "
+        "whose workers are woken at once; pip install 'sleepsafe[scale]').",
     )
     poll_s: float = Field(1.0, gt=0, le=60, description="How often an idle worker looks for a queued job.")
     heartbeat_s: float = Field(

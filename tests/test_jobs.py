@@ -425,3 +425,57 @@ def test_health_says_when_jobs_wait_for_a_worker_this_sink_cannot_run(
         (problem,) = r.json()["problems"]
         assert problem.startswith("1 jobs queued and no worker") and "sleepsafe_no_such_package" in problem
     store.close()
+
+
+def test_procrastinate_hands_jobs_to_workers_and_again_when_one_is_lost(
+    postgres: Any, tmp_path: Path
+) -> None:
+    """jobs.engine = procrastinate on a real PostgreSQL: each queued job is deferred there; a
+    `sleepsafe-worker --once` runs them through procrastinate's queue, skips one cancelled
+    meanwhile, and a job whose worker was lost is deferred again and runs its second attempt."""
+    import os
+    import subprocess
+    import sys
+
+    import psycopg
+
+    from cloud_sink.jobs.dispatch import conninfo, open_queue
+
+    url = postgres.new_database()
+    cfg = SinkConfig(state_dir=tmp_path, store={"url": url}, jobs={"engine": "procrastinate"})
+    store = Store(url)
+    queue = open_queue(cfg, store)
+    a = queue.submit("retrain", "temporal", {}, "test")
+    b = queue.submit("retrain", "temporal", {}, "test")
+    c = queue.submit("retrain", "temporal", {}, "test")
+    queue.cancel(b["id"])
+    lost = queue.claim_id(c["id"], "w-lost")
+    assert lost is not None and lost.attempt == 1
+    assert queue.recover_stale(-1, max_attempts=2) == [c["id"]]  # queued again, and deferred again
+
+    def deferred() -> list[tuple[str, str]]:
+        with psycopg.connect(conninfo(url)) as conn:
+            rows = conn.execute(
+                "SELECT args->>'job_id', status FROM procrastinate_jobs ORDER BY id"
+            ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    assert [j for j, _ in deferred()] == [a["id"], b["id"], c["id"], c["id"]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLEEPSAFE_SINK_")}
+    sets = {"state_dir": str(tmp_path), "store.url": url, "jobs.engine": "procrastinate"}
+    argv = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+    p = subprocess.run(
+        [sys.executable, "-m", "trainer", *argv, "--once"],
+        capture_output=True, text=True, timeout=600, check=False, env=env,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert all(status == "succeeded" for _, status in deferred()), deferred()
+    got = {j: queue.get(j) for j in (a["id"], b["id"], c["id"])}
+    assert got[b["id"]]["state"] == "cancelled" and got[b["id"]]["attempts"] == 0  # skipped, never run
+    for j in (a["id"], c["id"]):  # run for real: nothing labelled in this database
+        assert got[j]["state"] == "failed" and got[j]["error"].startswith("dataset: no labelled events"), got[
+            j
+        ]
+    assert got[a["id"]]["attempts"] == 1 and got[c["id"]]["attempts"] == 2
+    assert '"job_skipped"' in p.stderr
+    store.close()

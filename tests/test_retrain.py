@@ -468,14 +468,19 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     proc.wait(30)
 
 
-def test_a_job_on_postgresql_records_into_a_real_mlflow_server(
+def test_a_job_on_postgresql_through_procrastinate_records_into_a_real_mlflow_server(
     postgres: Any, mlflow_server: str, clips: Path, prepared: Path, tmp_path: Path
 ) -> None:
     from mlflow.tracking import MlflowClient
 
     url = postgres.new_database()
     fleet = fleetdata.build(url, clips, tmp_path / "cars")
-    sets = {**jobs_sets(prepared, clips), "jobs.temporal_steps": "30", "mlflow.tracking_uri": mlflow_server}
+    sets = {
+        **jobs_sets(prepared, clips),
+        "jobs.temporal_steps": "30",
+        "jobs.engine": "procrastinate",  # the scale-out engine, on the same PostgreSQL
+        "mlflow.tracking_uri": mlflow_server,
+    }
     q = sink_cli(tmp_path, url, "retrain", "--model", "temporal", "--json", **sets)
     assert q.returncode == 0, q.stderr
     job_id = json.loads(q.stdout)["id"]

@@ -198,6 +198,73 @@ def worker_main(cfg: SinkConfig, *, once: bool = False, parent_pid: int | None =
         signal.signal(sig, _stop)
     store = Store(cfg.database_url())
     try:
+        if cfg.jobs.engine == "procrastinate":
+            return run_procrastinate_worker(cfg, store, stopping, once=once)
         return run_worker(cfg, store, stopping, once=once)
     finally:
         store.close()
+
+
+def run_procrastinate_worker(
+    cfg: SinkConfig, store: Store, stopping: threading.Event, *, once: bool = False
+) -> int:
+    """The same jobs, found through procrastinate: its worker is woken by LISTEN/NOTIFY when a job
+    is deferred and runs our task, which claims the job in the sink's table and executes it as
+    the polling worker would.  Lost workers' jobs are still found by their stale heartbeats (a
+    thread here) and deferred again.  ``once``: until procrastinate's queue is empty."""
+    import asyncio
+
+    from procrastinate.worker import Worker
+
+    from cloud_sink.jobs.dispatch import QUEUE, TASK, Dispatcher
+
+    dispatcher = Dispatcher(cfg)
+    queue = JobQueue(store, dispatch=dispatcher)
+    name = worker_name()
+    app = dispatcher.app
+
+    @app.task(name=TASK, queue=QUEUE)  # type: ignore[untyped-decorator]
+    def run_job(job_id: str) -> None:
+        claim = queue.claim_id(job_id, name)
+        if claim is None:
+            log.info(
+                "job_skipped", job=job_id, why="no longer queued (cancelled, or taken by another attempt)"
+            )
+            return
+        execute(queue, claim, cfg, store, stopping)
+
+    def recover() -> None:
+        while not stopping.wait(cfg.jobs.poll_s * 5):
+            try:
+                queue.recover_stale(cfg.jobs.stale_after_s, cfg.jobs.max_attempts)
+            except Exception as err:  # noqa: BLE001 - the database is down: the next round retries
+                log.warning("worker_recover_failed", error=one_line(err))
+
+    threading.Thread(target=recover, name="recover", daemon=True).start()
+    queue.recover_stale(cfg.jobs.stale_after_s, cfg.jobs.max_attempts)
+
+    async def main() -> None:
+        async with app.open_async():
+            worker = Worker(
+                app=app,
+                queues=[QUEUE],
+                name=name,
+                concurrency=1,
+                wait=not once,
+                install_signal_handlers=False,
+            )
+            run = asyncio.create_task(worker.run())  # type: ignore[no-untyped-call]
+            while not run.done():
+                if stopping.is_set():
+                    worker.stop()  # type: ignore[no-untyped-call]  # the running job hands itself back
+                await asyncio.wait({run}, timeout=0.2)
+            await run
+
+    log.info("worker_started", worker=name, database=store.safe_url, engine="procrastinate")
+    try:
+        asyncio.run(main())
+    finally:
+        stopping.set()
+        dispatcher.close()
+    log.info("worker_stopped", worker=name)
+    return 0

@@ -140,7 +140,9 @@ def job_health(store: Store, worker: Any) -> dict[str, Any]:
 
 
 def add_job_routes(app: FastAPI, cfg: SinkConfig, store: Store, Auth: Any) -> None:
-    queue = JobQueue(store)
+    from .dispatch import open_queue
+
+    queue = open_queue(cfg, store)
     state: dict[str, Any] = {}
     lock = threading.Lock()
 

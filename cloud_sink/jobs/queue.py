@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -19,7 +20,7 @@ import structlog
 from sqlalchemy import and_, func, insert, select, update
 
 from ..schema import job_events, jobs
-from ..store import Store, now_utc
+from ..store import Store, now_utc, one_line
 
 log = structlog.get_logger(__name__)
 
@@ -111,9 +112,21 @@ def _job_out(r: Any) -> dict[str, Any]:
 
 
 class JobQueue:
-    def __init__(self, store: Store) -> None:
+    """``dispatch``: called with the id of every job that becomes queued (submitted, or queued
+    again), after its row is committed: the procrastinate engine defers it (jobs/dispatch.py)."""
+
+    def __init__(self, store: Store, dispatch: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.engine = store.engine
+        self.dispatch = dispatch
+
+    def _dispatch(self, job_id: str) -> None:
+        if self.dispatch is None:
+            return
+        try:
+            self.dispatch(job_id)
+        except Exception as err:  # noqa: BLE001 - the row is queued; a polling worker still finds it
+            log.error("job_dispatch_failed", job=job_id, error=one_line(err))
 
     # ------------------------------------------------------------------ the API's side
     def submit(self, kind: str, model: str, params: dict[str, Any], requested_by: str) -> dict[str, Any]:
@@ -140,6 +153,7 @@ class JobQueue:
             )
             self._event(conn, job_id, "state", {"state": "queued"}, now)
         log.info("job_submitted", job=job_id, kind=kind, model=model)
+        self._dispatch(job_id)
         return self.get(job_id)
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -197,7 +211,6 @@ class JobQueue:
     # ------------------------------------------------------------------ the worker's side
     def claim(self, worker: str) -> Claim | None:
         """Take the oldest queued job, or None."""
-        now = now_utc()
         pick = (
             select(jobs.c.id)
             .where(jobs.c.state == "queued")
@@ -206,6 +219,14 @@ class JobQueue:
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
+        return self._claim(worker, pick)
+
+    def claim_id(self, job_id: str, worker: str) -> Claim | None:
+        """Take this job if it is still queued (not cancelled, not taken by another attempt)."""
+        return self._claim(worker, job_id)
+
+    def _claim(self, worker: str, pick: Any) -> Claim | None:
+        now = now_utc()
         with self.engine.begin() as conn:
             r = conn.execute(
                 update(jobs)
@@ -286,13 +307,15 @@ class JobQueue:
             ).rowcount
             if done:
                 self._event(conn, claim.job_id, "state", {"state": "queued", "reason": reason}, now)
+        if done:
+            self._dispatch(claim.job_id)
 
     def recover_stale(self, stale_after_s: float, max_attempts: int) -> list[str]:
         """Running jobs whose worker has not been heard of in ``stale_after_s``: queued again while
         they have attempts left, else failed.  Returns the ids it touched."""
         now = now_utc()
         limit = now - timedelta(seconds=stale_after_s)
-        touched = []
+        touched, again = [], []
         with self.engine.begin() as conn:
             rows = conn.execute(
                 select(jobs.c.id, jobs.c.attempts, jobs.c.worker, jobs.c.cancel_requested).where(
@@ -319,6 +342,10 @@ class JobQueue:
                     self._event(conn, r.id, "state", {"state": state, "reason": why}, now)
                     touched.append(r.id)
                     log.warning("job_worker_lost", job=r.id, attempt=r.attempts, now=state)
+                    if state == "queued":
+                        again.append(r.id)
+        for job_id in again:
+            self._dispatch(job_id)
         return touched
 
     def counts(self) -> dict[str, int]:
