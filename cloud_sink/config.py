@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from sleepsafe.paths import cache_dir
@@ -269,6 +269,14 @@ class SinkConfig(TomlSettings):
 
     def database_url(self) -> str:
         return self.store.url or f"sqlite:///{self.state_dir / 'sink.sqlite3'}"
+
+    @model_validator(mode="after")
+    def _engine_needs_postgresql(self) -> SinkConfig:
+        if self.jobs.engine == "procrastinate" and not self.database_url().startswith("postgresql"):
+            raise ValueError(
+                "jobs.engine: procrastinate needs store.url on PostgreSQL (or jobs.engine = 'table')"
+            )
+        return self
 
     def mlflow_uri(self) -> str:
         return self.mlflow.tracking_uri or f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}"

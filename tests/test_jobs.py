@@ -479,3 +479,10 @@ def test_procrastinate_hands_jobs_to_workers_and_again_when_one_is_lost(
     assert got[a["id"]]["attempts"] == 1 and got[c["id"]]["attempts"] == 2
     assert '"job_skipped"' in p.stderr
     store.close()
+
+
+def test_the_procrastinate_engine_on_sqlite_is_a_config_error(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="procrastinate needs store.url on PostgreSQL"):
+        SinkConfig(state_dir=tmp_path, jobs={"engine": "procrastinate"})
