@@ -484,5 +484,5 @@ def test_procrastinate_hands_jobs_to_workers_and_again_when_one_is_lost(
 def test_the_procrastinate_engine_on_sqlite_is_a_config_error(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="procrastinate needs store.url on PostgreSQL"):
+    with pytest.raises(ValidationError, match=r"procrastinate needs store\.url on PostgreSQL"):
         SinkConfig(state_dir=tmp_path, jobs={"engine": "procrastinate"})

@@ -219,7 +219,8 @@ def test_backtest_on_the_held_out_vehicles_agrees_with_what_the_gate_measured(lo
     )
     assert p.returncode == 0, p.stderr[-2000:]
     bt = json.loads(p.stdout)
-    assert bt["vehicles"] == ["bus-wolfgang"] and bt["held_out_only"]
+    held = json.loads(client.get_run(done["result"]["run_id"]).data.params["held_out_devices"])
+    assert bt["vehicles"] == held and len(held) == 1 and bt["held_out_only"]  # one of the two kept to train
     for side in ("candidate", "champion"):
         fleet = gate[side]["figures"]["model_fleet"]
         assert bt[side]["balanced_accuracy"] == fleet["balanced_accuracy"], side
@@ -437,6 +438,11 @@ def test_a_candidate_trained_on_corrupted_labels_is_refused_by_the_gate(
     assert newest["gate"]["summary"].startswith("refused") and "challenger" not in newest["aliases"]
     refused = {c["check"].split(" (")[0] for c in newest["gate"]["checks"] if not c["ok"]}
     assert refused, newest["gate"]
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{work / 'mlflow' / 'mlflow.db'}"
+    run = MlflowClient(tracking_uri=uri).get_run(newest["run_id"])
+    assert run.data.params["held_out_devices"] == "[]"  # every vehicle trained, on the flipped labels
 
 
 @pytest.fixture

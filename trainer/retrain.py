@@ -95,7 +95,11 @@ def _pipeline(
     since = datetime.fromisoformat(params["since"]) if params.get("since") else None
     try:
         manifest = export(
-            store, work / "dataset", since=since, labels=tuple(params.get("labels") or EVENT_LABELS)
+            store,
+            work / "dataset",
+            since=since,
+            labels=tuple(params.get("labels") or EVENT_LABELS),
+            held_out_share=params.get("held_out_share", 0.2),
         )
     except EmptyExport as err:
         raise JobFailed(f"dataset: {err}") from None
