@@ -180,6 +180,7 @@ def test_retrain_wait_trains_exports_registers_and_gates_a_candidate(loop: dict[
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["dataset_id"] == dataset["dataset_id"] and run.data.params["model"] == "temporal"
+    assert (run.data.params["steps"], run.data.params["seed"]) == ("60", "11")  # the defaults it ran with
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 10
     arts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
         a.path for a in client.list_artifacts(run.info.run_id, "model")

@@ -90,6 +90,13 @@ def _pipeline(
     from cloud_sink.dataset import EmptyExport, export
     from cloud_sink.labels import EVENT_LABELS
 
+    # What the training runs with, defaults filled in (logged: the run alone reproduces it).
+    budget: dict[str, int] = (
+        {"steps": params.get("steps") or cfg.jobs.temporal_steps, "seed": params.get("seed") or 11}
+        if kind == "temporal"
+        else {"epochs": params.get("epochs") or cfg.jobs.eye_state_epochs, "seed": params.get("seed") or 7}
+    )
+
     # ---------------------------------------------------------------- dataset
     ctx.stage("dataset")
     since = datetime.fromisoformat(params["since"]) if params.get("since") else None
@@ -112,6 +119,7 @@ def _pipeline(
             "dataset_events": manifest["events"],
             "held_out_devices": manifest["held_out"]["devices"],
             "training_data": [str(p) for p in cfg.jobs.training_dirs()],
+            **budget,
             **{f"job.{k}": v for k, v in params.items()},
         },
     )
@@ -149,8 +157,8 @@ def _pipeline(
             report = train_temporal(
                 directories,
                 ckpt,
-                steps=params.get("steps") or cfg.jobs.temporal_steps,
-                seed=params.get("seed") or 11,
+                steps=budget["steps"],
+                seed=budget["seed"],
                 eye_model=eye_file,
                 progress=False,
                 leave_one_out=False,
@@ -163,8 +171,8 @@ def _pipeline(
             report = train_eye_state(
                 directories,
                 ckpt,
-                epochs=params.get("epochs") or cfg.jobs.eye_state_epochs,
-                seed=params.get("seed") or 7,
+                epochs=budget["epochs"],
+                seed=budget["seed"],
                 progress=False,
                 leave_one_out=False,
                 on_step=on_step,
