@@ -109,6 +109,8 @@ class Registry:
             ):
                 raise UnknownModel(f"{what}: {err.message.splitlines()[0]}") from None
             first = err.message.strip().splitlines()[0] if err.message.strip() else type(err).__name__
+            if err.error_code == "INVALID_PARAMETER_VALUE":  # what was asked is wrong, not MLflow
+                raise ValueError(f"{what}: {first[:300]}") from None
             raise RegistryUnavailable(f"MLflow at {self.safe_uri}: {what}: {first[:300]}") from None
         except OSError as err:
             raise RegistryUnavailable(f"MLflow at {self.safe_uri}: {what}: {err}") from None

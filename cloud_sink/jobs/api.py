@@ -27,6 +27,8 @@ from .queue import FINAL, JobQueue, UnknownJob
 
 JobId = Annotated[str, FPath(pattern=r"^[0-9a-f-]{36}$", description="The job's id.")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+# The names MLflow accepts for metrics and params.
+MlflowKey = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_\-. /]+$")]
 
 
 class JobIn(BaseModel):
@@ -70,8 +72,8 @@ class MetricsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100, description="The evaluation's name (the run's name).")
     model: str | None = Field(None, max_length=80, description="NAME@ALIAS or NAME/VERSION it evaluated.")
-    metrics: dict[Annotated[str, Field(max_length=100)], Finite] = Field(max_length=200)
-    params: dict[Annotated[str, Field(max_length=100)], Annotated[str, Field(max_length=500)]] = Field(
+    metrics: dict[MlflowKey, Finite] = Field(max_length=200)
+    params: dict[MlflowKey, Annotated[str, Field(max_length=500)]] = Field(
         default_factory=dict, max_length=100
     )
 
