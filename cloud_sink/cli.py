@@ -52,6 +52,20 @@ def printable_config(cfg: SinkConfig) -> dict[str, Any]:
     return masked
 
 
+def add_backtest_args(sub: Any) -> None:
+    """`backtest`'s arguments: the sink's command hands them to the worker's, which runs it."""
+    bt = sub.add_parser("backtest", help="replay the stored labelled events through a registered model")
+    bt.add_argument(
+        "--model", required=True, help="NAME@ALIAS or NAME/VERSION, e.g. sleepsafe-temporal@challenger"
+    )
+    bt.add_argument("--since", help="only events since: 7d, 12h, 2w or an ISO 8601 time")
+    bt.add_argument("--held-out", action="store_true", help="only the vehicles the exports hold out")
+    bt.add_argument(
+        "--held-out-share", type=float, default=0.2, help="share of vehicles held out, as the job's (0-1)"
+    )
+    bt.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sleepsafe-sink", description="SleepSafe fleet sink.")
     add_config_args(p, DEFAULT_SINK_CONFIG_PATH, "store.url=postgresql+psycopg://...")
@@ -92,16 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument(
         "--json", action="store_true", help="one JSON object a line, as GET /jobs/{id}/events sends"
     )
-    bt = sub.add_parser("backtest", help="replay the stored labelled events through a registered model")
-    bt.add_argument(
-        "--model", required=True, help="NAME@ALIAS or NAME/VERSION, e.g. sleepsafe-temporal@challenger"
-    )
-    bt.add_argument("--since", help="only events since: 7d, 12h, 2w or an ISO 8601 time")
-    bt.add_argument("--held-out", action="store_true", help="only the vehicles the exports hold out")
-    bt.add_argument(
-        "--held-out-share", type=float, default=0.2, help="share of vehicles held out, as the job's (0-1)"
-    )
-    bt.add_argument("--json", action="store_true")
+    add_backtest_args(sub)
     md = sub.add_parser("models", help="the model registry: versions and their aliases")
     msub = md.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list", help="every registered version, with aliases and gate verdicts")

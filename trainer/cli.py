@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cloud_sink.cli import add_backtest_args
 from cloud_sink.config import DEFAULT_SINK_CONFIG_PATH, SinkConfig, load_sink_config
 from sleepsafe.cli import add_config_args, die
 from sleepsafe.exitcodes import Exit
@@ -27,16 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--once", action="store_true", help="exit when the queue is empty")
     p.add_argument("--parent-pid", type=int, help="stop when this process (the sink) is gone")
     sub = p.add_subparsers(dest="command")
-    bt = sub.add_parser("backtest", help="replay the stored labelled events through a registered model")
-    bt.add_argument(
-        "--model", required=True, help="NAME@ALIAS or NAME/VERSION, e.g. sleepsafe-temporal@challenger"
-    )
-    bt.add_argument("--since", help="only events since: 7d, 12h, 2w or an ISO 8601 time")
-    bt.add_argument("--held-out", action="store_true", help="only the vehicles the exports hold out")
-    bt.add_argument(
-        "--held-out-share", type=float, default=0.2, help="share of vehicles held out, as the job's (0-1)"
-    )
-    bt.add_argument("--json", action="store_true")
+    add_backtest_args(sub)
     args = p.parse_args(argv)
     configure_logging()
     from cloud_sink.jobs.embedded import missing_training_packages

@@ -9,9 +9,10 @@ serves everything else, and these endpoints answer 503 with the reason.
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations.
 
 import asyncio
+import contextlib
 import math
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
@@ -121,6 +122,20 @@ class Scorer:
             "providers": list(model.providers),
             "outputs": outputs,
         }
+
+
+@contextlib.contextmanager
+def registry_errors() -> Iterator[None]:
+    """The registry's refusals as HTTP answers: no such model, alias or version 404; a request it
+    cannot take 422; MLflow unreachable 503 (each with its one-line reason)."""
+    try:
+        yield
+    except UnknownModel as err:
+        raise HTTPException(404, str(err)) from None
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
+    except RegistryUnavailable as err:
+        raise HTTPException(503, str(err)) from None
 
 
 def job_health(store: Store, worker: Any) -> dict[str, Any]:
@@ -241,10 +256,8 @@ def add_job_routes(app: FastAPI, cfg: SinkConfig, store: Store, Auth: Any) -> No
     )
     def models(_: Auth) -> list[dict[str, Any]]:
         reg = registry()
-        try:
+        with registry_errors():
             return reg.describe(store)
-        except RegistryUnavailable as err:
-            raise HTTPException(503, str(err)) from None
 
     @app.post(
         "/predict", tags=["models"], summary="Score a batch on a registered version (GPU when there is one)"
@@ -258,22 +271,14 @@ def add_job_routes(app: FastAPI, cfg: SinkConfig, store: Store, Auth: Any) -> No
         ],
     ) -> dict[str, Any]:
         registry()
-        try:
+        with registry_errors():
             out: dict[str, Any] = state["scorer"].score(model, body)
-            return out
-        except UnknownModel as err:
-            raise HTTPException(404, str(err)) from None
-        except ValueError as err:
-            raise HTTPException(422, str(err)) from None
-        except RegistryUnavailable as err:
-            raise HTTPException(503, str(err)) from None
+        return out
 
     @app.get("/mlflow/runs", tags=["models"], summary="The retraining experiment's MLflow runs, newest first")
     def runs(_: Auth, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
-        try:
+        with registry_errors():
             return registry().runs(limit)
-        except RegistryUnavailable as err:
-            raise HTTPException(503, str(err)) from None
 
     @app.post(
         "/metrics/model",
@@ -284,7 +289,7 @@ def add_job_routes(app: FastAPI, cfg: SinkConfig, store: Store, Auth: Any) -> No
     def log_metrics(key: Auth, body: MetricsIn) -> dict[str, Any]:
         reg = registry()
         tags = {"sleepsafe.source": "api", "sleepsafe.token": key}
-        try:
+        with registry_errors():
             if body.model:
                 v = reg.resolve(body.model)
                 tags.update({"sleepsafe.model": v.model, "sleepsafe.version": v.version})
@@ -293,10 +298,5 @@ def add_job_routes(app: FastAPI, cfg: SinkConfig, store: Store, Auth: Any) -> No
                 reg.log_params(run_id, dict(body.params))
             reg.log_metrics(run_id, {k: v for k, v in body.metrics.items() if math.isfinite(v)})
             reg.end_run(run_id)
-        except UnknownModel as err:
-            raise HTTPException(404, str(err)) from None
-        except ValueError as err:
-            raise HTTPException(422, str(err)) from None
-        except RegistryUnavailable as err:
-            raise HTTPException(503, str(err)) from None
+
         return {"run_id": run_id, "name": body.name, "tags": tags}
