@@ -359,7 +359,7 @@ def _cmd_models(cfg: SinkConfig, store: Store, args: argparse.Namespace) -> int:
 
     try:
         reg = Registry(cfg)
-        reg.ensure_shipped()
+        reg.ensure_shipped(store=store)
         if args.models_command == "list":
             models = reg.describe(store)
             if args.json:

@@ -63,6 +63,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def mask_secrets(text: str) -> str:
+    """``scheme://user:password@host`` with the credentials starred: MLflow's messages quote the
+    URI they failed on, and they go to logs and HTTP answers."""
+    return re.sub(r"//[^/@\s]*@", "//***@", text)
+
+
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
     """``NAME@ALIAS`` or ``NAME/VERSION`` (NAME: sleepsafe-temporal, or just temporal)."""
     m = REF_RE.match(ref.strip())
@@ -95,29 +101,34 @@ class Registry:
         self._experiment: str | None = None
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        from mlflow.exceptions import MlflowException, RestException
+        """``fn`` with MLflow's errors sorted the same way for its local stores and a remote
+        server (RestException): no such thing → UnknownModel (a missing alias is
+        INVALID_PARAMETER_VALUE "... not found" on both), another refused request → ValueError,
+        anything else → RegistryUnavailable, each one line with credentials masked."""
+        from mlflow.exceptions import MlflowException
 
         try:
             return fn(*args, **kwargs)
-        except RestException as err:
-            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-                raise UnknownModel(f"{what}: {err.message}") from None
-            raise RegistryUnavailable(f"MLflow at {self.safe_uri}: {what}: {err.message}") from None
         except MlflowException as err:
-            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE") and (
-                "not found" in err.message.lower() or "does not exist" in err.message.lower()
-            ):
-                raise UnknownModel(f"{what}: {err.message.splitlines()[0]}") from None
-            first = err.message.strip().splitlines()[0] if err.message.strip() else type(err).__name__
-            if err.error_code == "INVALID_PARAMETER_VALUE":  # what was asked is wrong, not MLflow
-                raise ValueError(f"{what}: {first[:300]}") from None
-            raise RegistryUnavailable(f"MLflow at {self.safe_uri}: {what}: {first[:300]}") from None
+            raise self._classify(what, err) from None
         except OSError as err:
-            raise RegistryUnavailable(f"MLflow at {self.safe_uri}: {what}: {err}") from None
+            raise RegistryUnavailable(mask_secrets(f"MLflow at {self.safe_uri}: {what}: {err}")) from None
+
+    def _classify(self, what: str, err: Any) -> Exception:
+        message = mask_secrets(str(err.message or "").strip())
+        first = (message.splitlines()[0] if message else type(err).__name__)[:300]
+        low = message.lower()
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
+            err.error_code == "INVALID_PARAMETER_VALUE" and ("not found" in low or "does not exist" in low)
+        ):
+            return UnknownModel(f"{what}: {first}")
+        if err.error_code == "INVALID_PARAMETER_VALUE":  # what was asked is wrong, not MLflow
+            return ValueError(f"{what}: {first}")
+        return RegistryUnavailable(f"MLflow at {self.safe_uri}: {what}: {first}")
 
     @property
     def safe_uri(self) -> str:
-        return re.sub(r"//[^/@]*@", "//***@", self.uri)
+        return mask_secrets(self.uri)
 
     # ------------------------------------------------------------------ runs
     def experiment_id(self) -> str:
@@ -188,12 +199,10 @@ class Registry:
     # ------------------------------------------------------------------ versions
     def register(self, kind: str, run_id: str, onnx_file: Path, tags: dict[str, str]) -> Version:
         """A new version of ``kind`` from the run's ``model/`` artifacts (already logged)."""
-        from mlflow.exceptions import MlflowException
-
         name = MODELS[kind]
         try:
-            self.client.get_registered_model(name)
-        except MlflowException:
+            self._call(f"model {name}", self.client.get_registered_model, name)
+        except UnknownModel:
             self._call("create registered model", self.client.create_registered_model, name)
         run = self._call("get run", self.client.get_run, run_id)
         mv = self._call(
@@ -266,21 +275,20 @@ class Registry:
                     shutil.move(str(card), path.with_suffix(".json"))
         return path
 
-    def ensure_shipped(self, shipped_dir: Path = SHIPPED_DIR) -> list[Version]:
+    def ensure_shipped(self, shipped_dir: Path = SHIPPED_DIR, store: Store | None = None) -> list[Version]:
         """Register the ONNX files that ship with the project as the first champions (once: a
-        model that already has a version is left as it is)."""
-        from mlflow.exceptions import MlflowException
-
+        model that already has a version is left as it is, and an MLflow that cannot answer
+        stops here rather than passing for an empty registry).  ``@champion`` is set only
+        where no version holds it, and the move is audited when a store is given."""
         made = []
         for kind, file in SHIPPED_FILES.items():
             name = MODELS[kind]
-            existing: Any
             try:
-                existing = self.client.search_model_versions(f"name='{name}'", max_results=1)
-            except MlflowException:
+                existing = self._call(
+                    f"versions of {name}", self.client.search_model_versions, f"name='{name}'", max_results=1
+                )
+            except UnknownModel:
                 existing = []
-            except OSError as err:
-                raise RegistryUnavailable(f"MLflow at {self.safe_uri}: {err}") from None
             if existing:
                 continue
             onnx_file = shipped_dir / file
@@ -296,8 +304,11 @@ class Registry:
             v = self.register(
                 kind, run_id, onnx_file, {"source": "shipped", "onnx_version": str(card.get("version"))}
             )
-            self._call("set alias", self.client.set_registered_model_alias, name, "champion", v.version)
-            log.info("registry_shipped_champion", model=name, version=v.version)
+            if self.alias_version(kind, "champion") is None:
+                self._call("set alias", self.client.set_registered_model_alias, name, "champion", v.version)
+                if store is not None:
+                    self._audit(store, name, "champion", "set", v.version, None, "sink", "the shipped model")
+                log.info("registry_shipped_champion", model=name, version=v.version)
             made.append(v)
         return made
 
@@ -391,14 +402,19 @@ class Registry:
             )
             aliases: dict[str, list[str]] = {}
             try:
-                rm = self.client.get_registered_model(name)
+                rm = self._call(f"model {name}", self.client.get_registered_model, name)
                 for a, ver in (rm.aliases or {}).items():
                     aliases.setdefault(str(ver), []).append(a)
-            except Exception:  # noqa: BLE001 - a model with no version yet has no registered entry
+            except UnknownModel:  # a model with no version yet has no registered entry
                 pass
             rows = []
             for mv in sorted(versions, key=lambda m: int(m.version), reverse=True):
-                run = self._call("get run", self.client.get_run, mv.run_id) if mv.run_id else None
+                run = None
+                if mv.run_id:
+                    try:
+                        run = self._call("get run", self.client.get_run, mv.run_id)
+                    except UnknownModel:  # the run was deleted: the version is still listed
+                        run = None
                 rows.append(
                     {
                         "version": str(mv.version),

@@ -48,7 +48,7 @@ def serve(cfg: SinkConfig, store: Store, *, on_ready: Any = None) -> int:
     if cfg.jobs.worker:
         from .jobs.embedded import EmbeddedWorker
 
-        worker = EmbeddedWorker(cfg)
+        worker = EmbeddedWorker(cfg, store)
     server: Any = None
     if cfg.api.enabled:
         import uvicorn

@@ -20,13 +20,17 @@ SHARED = Path(os.environ.get("SLEEPSAFE_SHARED_DIR", REPO.parent / "shared"))
 REQUIRE_DATA = os.environ.get("SLEEPSAFE_REQUIRE_DATA") == "1"
 
 
-def wait_until(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Bounded wait on a condition of a real component (a spool's depth, rows in a database)."""
+def wait_until(pred: Callable[[], bool], what: str, timeout: float = 30.0, every: float = 0.05) -> None:
+    """Bounded wait on a condition of a real component (a spool's depth, rows in a database).
+
+    ``every``: seconds between checks; a check that is an HTTP request to a rate-limited API
+    wants a longer one than a file or a database read.
+    """
     ev = threading.Event()
     left = timeout
     while not pred():
-        ev.wait(0.05)
-        left -= 0.05
+        ev.wait(every)
+        left -= every
         assert left > 0, f"timed out waiting for {what}"
 
 

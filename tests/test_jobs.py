@@ -172,6 +172,32 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_at_its_heartbeat(queue: J
     assert queue.claim("w") is None
 
 
+def test_a_worker_stopping_after_a_cancel_ends_the_job_cancelled_not_queued(queue: JobQueue) -> None:
+    job = queue.submit("retrain", "temporal", {}, "test")
+    claim = queue.claim("w")
+    assert claim is not None
+    queue.cancel(job["id"])  # asked while it runs; the worker stops before its next heartbeat
+    queue.release(claim, "worker stopped")
+    got = queue.get(job["id"])
+    assert got["state"] == "cancelled" and got["finished_at"] and queue.claim("w2") is None
+
+
+def test_the_jobs_of_a_worker_known_dead_are_handed_back_at_once(queue: JobQueue) -> None:
+    from cloud_sink.jobs.queue import worker_name
+
+    job = queue.submit("retrain", "temporal", {}, "test")
+    other = queue.submit("retrain", "temporal", {}, "test")
+    dead = worker_name(999_999)
+    assert queue.claim(dead) is not None and queue.claim("alive:1") is not None
+    assert queue.recover_stale(60, max_attempts=2) == []  # both heartbeats are fresh
+    assert queue.release_worker(dead, "killed at sink stop") == [job["id"]]
+    got = queue.get(job["id"])
+    assert got["state"] == "queued" and got["attempts"] == 0 and got["worker"] is None
+    assert queue.get(other["id"])["state"] == "running"  # another worker's job is left alone
+    again = queue.claim("w2")
+    assert again is not None and again.job_id == job["id"] and again.attempt == 1
+
+
 def test_two_workers_racing_never_take_the_same_job(queue: JobQueue) -> None:
     ids = {queue.submit("retrain", "temporal", {}, "test")["id"] for _ in range(12)}
     taken: list[str] = []
@@ -283,9 +309,10 @@ def test_models_lists_the_shipped_champions_and_aliases_move_with_an_audit(api: 
     with pytest.raises(UnknownModel):
         reg.resolve("sleepsafe-temporal@challenger")
     audit = client.get("/models", headers=AUTH).json()[0]["audit"]
-    assert [(a["action"], a["version"], a["previous"], a["by"]) for a in audit] == [
-        ("set", "1", None, "tester"),
-        ("removed", None, "1", "tester"),
+    assert [(a["alias"], a["action"], a["version"], a["previous"], a["by"]) for a in audit] == [
+        ("champion", "set", "1", None, "sink"),  # the shipped model, registered on first use
+        ("challenger", "set", "1", None, "tester"),
+        ("challenger", "removed", None, "1", "tester"),
     ]
 
 
@@ -341,6 +368,116 @@ def test_predict_refuses_bad_input_and_unknown_models(api: Any) -> None:
         assert len(r.json()["detail"].splitlines()) == 1
 
 
+def test_a_registered_file_that_onnxruntime_cannot_load_is_a_503_naming_it(api: Any, tmp_path: Path) -> None:
+    """A version whose file is intact (its sha256 matches) but is no model: /predict says which
+    version and why, and the shipped champion still answers."""
+    client, cfg, _ = api
+    from cloud_sink.registry import Registry
+
+    assert client.get("/models", headers=AUTH).status_code == 200  # the shipped champions registered
+    reg = Registry(cfg)
+    bogus = tmp_path / "temporal.onnx"
+    bogus.write_bytes(b"not an onnx graph")
+    run_id = reg.start_run("bogus", {})
+    reg.log_files(run_id, [bogus], "model")
+    reg.end_run(run_id)
+    v = reg.register("temporal", run_id, bogus, {"source": "test"})
+    r = client.post(
+        f"/predict?model=sleepsafe-temporal/{v.version}", json={"windows": [_window(3)]}, headers=AUTH
+    )
+    assert r.status_code == 503, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith(f"sleepsafe-temporal/{v.version}: model") and "cannot be loaded" in detail
+    ok = client.post(
+        "/predict?model=sleepsafe-temporal@champion", json={"windows": [_window(3)]}, headers=AUTH
+    )
+    assert ok.status_code == 200
+
+
+def test_a_job_shows_its_latest_progress_however_many_events_it_wrote(api: Any) -> None:
+    """The stored rows as a long training leaves them: more progress events than one read takes."""
+    from sqlalchemy import insert
+
+    from cloud_sink.schema import job_events
+
+    client, _, store = api
+    job = client.post("/jobs", json={"kind": "retrain", "model": "temporal"}, headers=AUTH).json()
+    queue = JobQueue(store)
+    claim = queue.claim("w")
+    assert claim is not None
+    queue.progress(claim, "stage", {"stage": "train"})
+    now = now_utc()
+    rows = [
+        {
+            "job_id": job["id"],
+            "time": now,
+            "kind": "progress",
+            "data": json.dumps({"stage": "train", "done": i, "total": 12_000}),
+        }
+        for i in range(1, 12_001)
+    ]
+    with store.engine.begin() as conn:
+        conn.execute(insert(job_events), rows)
+    got = client.get(f"/jobs/{job['id']}", headers=AUTH).json()
+    assert got["progress"]["done"] == 12_000 and got["stage"] == "train"
+
+
+def test_mlflow_errors_are_sorted_alike_for_a_server_and_a_local_store(tmp_path: Path) -> None:
+    """A remote server answers a missing alias with INVALID_PARAMETER_VALUE "... not found", as
+    the local store does: both mean no such thing (404), not MLflow down (503)."""
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from cloud_sink.registry import Registry, RegistryUnavailable, UnknownModel, mask_secrets
+
+    reg = Registry(SinkConfig(state_dir=tmp_path, mlflow={"tracking_uri": "http://u:s3cret@127.0.0.1:1"}))
+
+    def raises(err: Exception) -> Any:
+        def fn() -> None:
+            raise err
+
+        return fn
+
+    cases = [
+        (
+            RestException(
+                {
+                    "error_code": "INVALID_PARAMETER_VALUE",
+                    "message": "Registered model alias champion not found.",
+                }
+            ),
+            UnknownModel,
+        ),
+        (
+            RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "Run 'x' not found"}),
+            UnknownModel,
+        ),
+        (
+            MlflowException("Registered model alias champion not found.", error_code=INVALID_PARAMETER_VALUE),
+            UnknownModel,
+        ),
+        (
+            RestException(
+                {"error_code": "INVALID_PARAMETER_VALUE", "message": "Invalid value 'x' for version"}
+            ),
+            ValueError,
+        ),
+        (
+            RestException({"error_code": "INTERNAL_ERROR", "message": "database is locked"}),
+            RegistryUnavailable,
+        ),
+        (MlflowException("API request to http://u:s3cret@127.0.0.1:1/api failed"), RegistryUnavailable),
+    ]
+    for err, want in cases:
+        with pytest.raises(want) as got:
+            reg._call("what", raises(err))
+        assert "s3cret" not in str(got.value) and len(str(got.value).splitlines()) == 1
+    assert (
+        mask_secrets("postgresql://sink:pw@db/x and http://a:b@h:1/")
+        == "postgresql://***@db/x and http://***@h:1/"
+    )
+
+
 def test_an_evaluation_logged_over_http_is_an_mlflow_run(api: Any) -> None:
     client, _, _ = api
     body = {"name": "night-shift review", "model": "sleepsafe-temporal@champion", "metrics": {"recall": 0.9}}
@@ -370,12 +507,18 @@ def test_an_unreachable_mlflow_is_a_503_with_the_reason_and_nothing_else_fails(t
     cfg = SinkConfig(
         state_dir=tmp_path,
         api={"tokens": [API_TOKEN]},
-        mlflow={"tracking_uri": f"http://127.0.0.1:{port}", "timeout_s": 2},
+        mlflow={"tracking_uri": f"http://ops:s3cret@127.0.0.1:{port}", "timeout_s": 2},
     )
     store = Store(cfg.database_url())
     with TestClient(create_app(cfg, store)) as client:
         r = client.get("/models", headers=AUTH)
-        assert r.status_code == 503 and f"127.0.0.1:{port}" in r.json()["detail"]
+        assert r.status_code == 503 and f"***@127.0.0.1:{port}" in r.json()["detail"], r.text
+        assert "s3cret" not in r.text
+        # Asked again at once: the same reason, answered from memory with when to retry
+        # (not another wait on MLflow's timeout for every request).
+        again = client.post("/predict?model=temporal@champion", json={"windows": [_window(2)]}, headers=AUTH)
+        assert again.status_code == 503 and again.json()["detail"] == r.json()["detail"]
+        assert again.headers["Retry-After"] == "5"
         assert client.get("/health").json()["database"] == "ok"
         assert client.get("/events/recent", headers=AUTH).status_code == 200
         assert (
@@ -460,7 +603,20 @@ def test_procrastinate_hands_jobs_to_workers_and_again_when_one_is_lost(
             ).fetchall()
         return [(r[0], r[1]) for r in rows]
 
-    assert [j for j, _ in deferred()] == [a["id"], b["id"], c["id"], c["id"]]
+    # c's first copy still waits in procrastinate's queue: deferring it again is refused (its
+    # queueing lock), and that one copy runs its second attempt.
+    assert [j for j, _ in deferred()] == [a["id"], b["id"], c["id"]]
+    # A job whose defer failed (procrastinate's database away at that moment) is found and
+    # deferred by the recovery round; the others are not deferred twice.
+    from cloud_sink.jobs.queue import JobQueue
+
+    def down(job_id: str) -> None:
+        raise OSError("connection refused")
+
+    d = JobQueue(store, dispatch=down).submit("retrain", "temporal", {}, "test")
+    assert [j for j, _ in deferred()] == [a["id"], b["id"], c["id"]]
+    assert queue.redispatch_queued(-1) == [a["id"], c["id"], d["id"]]
+    assert [j for j, _ in deferred()] == [a["id"], b["id"], c["id"], d["id"]]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLEEPSAFE_SINK_")}
     sets = {"state_dir": str(tmp_path), "store.url": url, "jobs.engine": "procrastinate"}
     argv = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
@@ -470,13 +626,13 @@ def test_procrastinate_hands_jobs_to_workers_and_again_when_one_is_lost(
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     assert all(status == "succeeded" for _, status in deferred()), deferred()
-    got = {j: queue.get(j) for j in (a["id"], b["id"], c["id"])}
+    got = {j: queue.get(j) for j in (a["id"], b["id"], c["id"], d["id"])}
     assert got[b["id"]]["state"] == "cancelled" and got[b["id"]]["attempts"] == 0  # skipped, never run
-    for j in (a["id"], c["id"]):  # run for real: nothing labelled in this database
+    for j in (a["id"], c["id"], d["id"]):  # run for real: nothing labelled in this database
         assert got[j]["state"] == "failed" and got[j]["error"].startswith("dataset: no labelled events"), got[
             j
         ]
-    assert got[a["id"]]["attempts"] == 1 and got[c["id"]]["attempts"] == 2
+    assert got[a["id"]]["attempts"] == 1 and got[c["id"]]["attempts"] == 2 and got[d["id"]]["attempts"] == 1
     assert '"job_skipped"' in p.stderr
     store.close()
 

@@ -114,7 +114,7 @@ def wait_for_state(
         box["job"] = get_job(loop, job_id)
         return box["job"]["state"] in states
 
-    wait_until(done, f"job {job_id} to be {'/'.join(states)}", timeout)
+    wait_until(done, f"job {job_id} to be {'/'.join(states)}", timeout, every=0.25)
     return box["job"]
 
 
@@ -126,7 +126,7 @@ def wait_for_training(loop: dict[str, Any], job_id: str) -> dict[str, Any]:
         p = box["job"]["progress"]
         return bool(p and p["stage"] == "train" and p["done"] >= 2)
 
-    wait_until(training, f"job {job_id} to be training", 120)
+    wait_until(training, f"job {job_id} to be training", 120, every=0.25)
     return box["job"]
 
 

@@ -106,7 +106,7 @@ def backtest(
     name, _, _ = parse_ref(ref)
     kind = KIND_OF[name]
     registry = Registry(cfg)
-    registry.ensure_shipped()
+    registry.ensure_shipped(store=store)
     scorer = Scorer(registry)
     registry.resolve(ref)  # an unknown alias or version fails before any work
     with tempfile.TemporaryDirectory(prefix="sleepsafe-backtest-") as tmp:

@@ -50,7 +50,7 @@ def run_retrain(ctx: JobContext, cfg: SinkConfig, store: Store) -> dict[str, Any
     work.mkdir(parents=True)
     try:
         registry = Registry(cfg)
-        registry.ensure_shipped()
+        registry.ensure_shipped(store=store)
         run_id = registry.start_run(
             f"retrain {kind} {ctx.job_id[:8]}",
             {
@@ -239,6 +239,7 @@ def _pipeline(
         "champion": champion.version,
     }
     registry.client.set_tag(run_id, "sleepsafe.gate", json.dumps(gate_tag))
+    ctx.confirm()  # still this job's worker, asked just now: then publish
     v = registry.register(
         kind,
         run_id,
@@ -252,6 +253,7 @@ def _pipeline(
         },
     )
     if gate["passed"]:
+        ctx.confirm()
         registry.set_alias(
             store, f"{v.model}/{v.version}", "challenger", f"job {ctx.job_id[:8]}", gate["summary"]
         )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any
 import structlog
 
 from cloud_sink.config import SinkConfig
-from cloud_sink.jobs.queue import Claim, JobQueue, LostClaim
+from cloud_sink.jobs.queue import Claim, JobQueue, LostClaim, worker_name
 from cloud_sink.store import Store, one_line
 
 log = structlog.get_logger(__name__)
@@ -83,6 +82,15 @@ class JobContext:
         if self.stopping.is_set():
             raise WorkerStopping(f"job {self.job_id}: worker stopping")
 
+    def confirm(self) -> None:
+        """Like check, but asking the database now rather than trusting the last heartbeat:
+        before a step that others see (registering a version, moving an alias), so a worker
+        given up for lost a moment ago does not publish what its successor will publish too."""
+        self.check()
+        if self.queue.heartbeat(self.claim):  # LostClaim when the claim is no longer current
+            self.cancelled.set()
+            raise JobCancelled(f"job {self.job_id} cancelled")
+
     def stage(self, name: str, **data: Any) -> None:
         self.check()
         self.queue.progress(self.claim, "stage", {"stage": name, **data})
@@ -118,10 +126,6 @@ def runners() -> dict[str, Runner]:
     return {"retrain": run_retrain}
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"[:64]
-
-
 def execute(queue: JobQueue, claim: Claim, cfg: SinkConfig, store: Store, stopping: threading.Event) -> str:
     """Run one claimed job to its end; returns the state it ended in."""
     ctx = JobContext(queue, claim, cfg, stopping)
@@ -130,24 +134,31 @@ def execute(queue: JobQueue, claim: Claim, cfg: SinkConfig, store: Store, stoppi
         result = runners()[kind](ctx, cfg, store)
         return "succeeded" if queue.finish(claim, "succeeded", result=result) else "lost"
     except JobCancelled:
-        queue.finish(claim, "cancelled")
-        return "cancelled"
+        return "cancelled" if _ended(lambda: queue.finish(claim, "cancelled"), claim) else "lost"
     except WorkerStopping:
-        queue.release(claim, "worker stopped; the job starts again on the next worker")
-        return "released"
+        ok = _ended(
+            lambda: queue.release(claim, "worker stopped; the job starts again on the next worker"), claim
+        )
+        return "released" if ok else "lost"
     except LostClaim as err:
         log.warning("job_claim_lost", job=claim.job_id, error=str(err))
         return "lost"
     except Exception as err:  # noqa: BLE001 - whatever a job does, it ends failed with the reason
         reason = str(err) if isinstance(err, JobFailed) else f"{type(err).__name__}: {one_line(err)}"
         log.error("job_failed", job=claim.job_id, error=reason)
-        try:
-            queue.finish(claim, "failed", error=reason)
-        except Exception as err2:  # noqa: BLE001 - the database is gone: the heartbeat goes stale
-            log.error("job_finish_failed", job=claim.job_id, error=one_line(err2))
-        return "failed"
+        return "failed" if _ended(lambda: queue.finish(claim, "failed", error=reason), claim) else "lost"
     finally:
         ctx.close()
+
+
+def _ended(write: Callable[[], object], claim: Claim) -> bool:
+    """Record how a job ended; False when the database cannot take it (the job's heartbeat then
+    goes stale and recovery decides, as for a worker that died)."""
+    try:
+        return write() is not False  # finish says False when the claim was no longer current
+    except Exception as err:  # noqa: BLE001 - whatever the database says, the worker goes on
+        log.error("job_finish_failed", job=claim.job_id, error=one_line(err))
+        return False
 
 
 def run_worker(cfg: SinkConfig, store: Store, stopping: threading.Event, *, once: bool = False) -> int:
@@ -168,7 +179,10 @@ def run_worker(cfg: SinkConfig, store: Store, stopping: threading.Event, *, once
                 break
             stopping.wait(cfg.jobs.poll_s)
             continue
-        execute(queue, claim, cfg, store, stopping)
+        try:
+            execute(queue, claim, cfg, store, stopping)
+        except Exception as err:  # noqa: BLE001 - one job's end must not stop the worker
+            log.error("worker_job_crashed", job=claim.job_id, error=one_line(err))
     log.info("worker_stopped", worker=name)
     return 0
 
@@ -237,6 +251,7 @@ def run_procrastinate_worker(
         while not stopping.wait(cfg.jobs.poll_s * 5):
             try:
                 queue.recover_stale(cfg.jobs.stale_after_s, cfg.jobs.max_attempts)
+                queue.redispatch_queued(cfg.jobs.stale_after_s)
             except Exception as err:  # noqa: BLE001 - the database is down: the next round retries
                 log.warning("worker_recover_failed", error=one_line(err))
 

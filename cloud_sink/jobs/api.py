@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Literal
 
@@ -22,10 +23,12 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import SinkConfig
-from ..registry import INPUT_SPEC, KIND_OF, Registry, RegistryUnavailable, UnknownModel
+from ..registry import INPUT_SPEC, KIND_OF, Registry, RegistryUnavailable, UnknownModel, mask_secrets
 from ..store import Store
 from .queue import FINAL, JobQueue, UnknownJob
 
+# How long a failure to open MLflow is answered from memory before it is tried again.
+RETRY_S = 5.0
 JobId = Annotated[str, FPath(pattern=r"^[0-9a-f-]{36}$", description="The job's id.")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 # The names MLflow accepts for metrics and params.
@@ -85,12 +88,30 @@ class Scorer:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._models: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, key: tuple[str, str]) -> threading.Lock:
+        # One lock per version: a version being fetched from a slow artifact store holds up
+        # requests for that version only.
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _session(self, v: Any, kind: str) -> Any:
+        from sleepsafe.onnxmodels import EyeStateSession, ModelError, Options, TemporalModel
+
+        key = (v.model, v.version)
+        if key not in self._models:
+            path = self.registry.model_file(v)
+            cls = TemporalModel if kind == "temporal" else EyeStateSession
+            try:
+                self._models[key] = cls(path, Options(("cuda", "cpu")), self.registry.cfg.state_dir)
+            except (ModelError, OSError) as err:
+                raise RegistryUnavailable(f"{v.model}/{v.version}: {err}") from None
+        return self._models[key]
 
     def score(self, ref: str, body: PredictIn) -> dict[str, Any]:
         import numpy as np
-
-        from sleepsafe.onnxmodels import EyeStateSession, Options, TemporalModel
 
         v = self.registry.resolve(ref)
         kind = KIND_OF[v.model]
@@ -98,13 +119,9 @@ class Scorer:
         got = body.windows if kind == "temporal" else body.crops
         if got is None or (body.windows is not None and body.crops is not None):
             raise ValueError(f"{v.model} takes {want} (and nothing else): {INPUT_SPEC[kind][want]}")
-        with self._lock:  # one session per version; onnxruntime sessions are not run concurrently here
-            key = (v.model, v.version)
-            if key not in self._models:
-                path = self.registry.model_file(v)
-                cls = TemporalModel if kind == "temporal" else EyeStateSession
-                self._models[key] = cls(path, Options(("cuda", "cpu")), self.registry.cfg.state_dir)
-            model = self._models[key]
+        # The temporal session carries state from frame to frame: one request at a time each.
+        with self._lock((v.model, v.version)):
+            model = self._session(v, kind)
             outputs: list[dict[str, Any]] = []
             if kind == "temporal":
                 for window in got:
@@ -146,13 +163,16 @@ def job_health(store: Store, worker: Any) -> dict[str, Any]:
     if worker is None:
         out["worker"] = "external"
         return out
+    broken = worker.unavailable or getattr(worker, "last_error", None)
     if worker.unavailable:
         out["worker"] = f"unavailable: {worker.unavailable}"
     else:
         out["worker"] = "alive" if worker.alive else "restarting"
         out["worker_restarts"] = worker.restarts
-    if out["queued"] and worker.unavailable:
-        out["problem"] = f"{out['queued']} jobs queued and no worker: {worker.unavailable}"
+        if broken:
+            out["worker_error"] = broken
+    if out["queued"] and broken and not worker.alive:
+        out["problem"] = f"{out['queued']} jobs queued and no worker: {broken}"
     return out
 
 
@@ -164,16 +184,30 @@ def add_job_routes(app: FastAPI, cfg: SinkConfig, store: Store, Auth: Any) -> No
     lock = threading.Lock()
 
     def registry() -> Registry:
-        with lock:
+        """MLflow, opened on first use.  While it is down, requests are answered 503 at once
+        with the last reason for RETRY_S, rather than each waiting on MLflow's timeout in
+        turn behind one lock (which would tie up every API thread)."""
+        if "registry" in state:
+            return state["registry"]  # type: ignore[no-any-return]
+        failed = state.get("failed")
+        if failed and time.monotonic() - failed[0] < RETRY_S:
+            raise HTTPException(503, failed[1], headers={"Retry-After": str(int(RETRY_S))})
+        if not lock.acquire(timeout=cfg.mlflow.timeout_s):
+            raise HTTPException(503, f"MLflow at {mask_secrets(cfg.mlflow_uri())} is being opened; try again")
+        try:
             if "registry" not in state:
                 try:
                     reg = Registry(cfg)
-                    reg.ensure_shipped()
+                    reg.ensure_shipped(store=store)
                 except RegistryUnavailable as err:
+                    state["failed"] = (time.monotonic(), str(err))
                     raise HTTPException(503, str(err)) from None
-                state["registry"] = reg
                 state["scorer"] = Scorer(reg)
-            return state["registry"]  # type: ignore[no-any-return]
+                state["registry"] = reg
+                state.pop("failed", None)
+        finally:
+            lock.release()
+        return state["registry"]  # type: ignore[no-any-return]
 
     def job_or_404(job_id: str) -> dict[str, Any]:
         try:
@@ -206,10 +240,9 @@ def add_job_routes(app: FastAPI, cfg: SinkConfig, store: Store, Auth: Any) -> No
     @app.get("/jobs/{job_id}", tags=["jobs"], summary="One job: state, progress so far, result")
     def job(_: Auth, job_id: JobId) -> dict[str, Any]:
         out = job_or_404(job_id)
-        events = queue.events(job_id, 0, limit=10_000)
-        last = next((e for e in reversed(events) if e["kind"] == "progress"), None)
-        out["progress"] = last["data"] if last else None
-        out["stage"] = next((e["data"]["stage"] for e in reversed(events) if e["kind"] == "stage"), None)
+        out["progress"] = queue.latest(job_id, "progress")
+        stage = queue.latest(job_id, "stage")
+        out["stage"] = stage["stage"] if stage else None
         return out
 
     @app.delete("/jobs/{job_id}", tags=["jobs"], summary="Cancel a job (within a training step)")
@@ -294,9 +327,15 @@ def add_job_routes(app: FastAPI, cfg: SinkConfig, store: Store, Auth: Any) -> No
                 v = reg.resolve(body.model)
                 tags.update({"sleepsafe.model": v.model, "sleepsafe.version": v.version})
             run_id = reg.start_run(body.name, tags)
-            if body.params:
-                reg.log_params(run_id, dict(body.params))
-            reg.log_metrics(run_id, {k: v for k, v in body.metrics.items() if math.isfinite(v)})
+            try:
+                if body.params:
+                    reg.log_params(run_id, dict(body.params))
+                reg.log_metrics(run_id, {k: v for k, v in body.metrics.items() if math.isfinite(v)})
+            except (RegistryUnavailable, ValueError):
+                # Not left RUNNING for ever: the run is closed as failed, then the reason answered.
+                with contextlib.suppress(RegistryUnavailable, ValueError, UnknownModel):
+                    reg.end_run(run_id, "FAILED")
+                raise
             reg.end_run(run_id)
 
         return {"run_id": run_id, "name": body.name, "tags": tags}

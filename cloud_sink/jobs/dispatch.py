@@ -52,7 +52,16 @@ class Dispatcher:
         ensure_schema(self.app)
 
     def __call__(self, job_id: str) -> None:
-        self.app.configure_task(name=TASK, queue=QUEUE).defer(job_id=job_id)
+        from procrastinate.exceptions import AlreadyEnqueued
+
+        # The job's id as procrastinate's queueing lock: deferring a job that procrastinate still
+        # holds unfetched (the worker's recovery re-defers jobs that look forgotten) is refused,
+        # not queued twice.
+        try:
+            self.app.configure_task(name=TASK, queue=QUEUE, queueing_lock=job_id).defer(job_id=job_id)
+        except AlreadyEnqueued:
+            log.debug("job_already_dispatched", job=job_id)
+            return
         log.info("job_dispatched", job=job_id, engine="procrastinate")
 
     def close(self) -> None:

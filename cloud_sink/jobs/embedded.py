@@ -1,7 +1,9 @@
 """The worker the sink starts beside itself (``jobs.worker``, the default), so a sink needs
 nothing else started to retrain: ``python -m trainer`` as a child process, given the sink's own
 configuration on its stdin (secrets included, never on a command line), and restarted if it
-dies: a crash in training never takes ingest down with it, nor leaves jobs unrun.
+dies: a crash in training never takes ingest down with it, nor leaves jobs unrun.  A worker
+that died, or had to be killed at stop, has its job handed back to the queue at once (it cannot
+have finished it), instead of waiting for its heartbeat to go stale.
 
 The sink imports nothing of the trainer (it may be installed without torch): where the training
 packages are missing, it says so once and runs without a worker.
@@ -21,6 +23,8 @@ import structlog
 from pydantic import SecretStr
 
 from ..config import SinkConfig
+from ..store import Store, one_line
+from .queue import JobQueue, worker_name
 
 log = structlog.get_logger(__name__)
 
@@ -49,10 +53,12 @@ def config_json(cfg: SinkConfig) -> str:
 class EmbeddedWorker:
     RESTART_S = 5.0
 
-    def __init__(self, cfg: SinkConfig) -> None:
+    def __init__(self, cfg: SinkConfig, store: Store | None = None) -> None:
         self.cfg = cfg
+        self.store = store
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.last_error: str | None = None
         self.unavailable = missing_training_packages()
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._supervise, name="jobs-worker", daemon=True)
@@ -79,12 +85,31 @@ class EmbeddedWorker:
     def _supervise(self) -> None:
         while not self._stop.wait(1.0):
             p = self.process
-            if p is not None and p.poll() is not None and not self._stop.is_set():
-                log.error("jobs_worker_died", pid=p.pid, exitcode=p.returncode, restart_in_s=self.RESTART_S)
-                if self._stop.wait(self.RESTART_S):
-                    return
+            if p is None or p.poll() is None or self._stop.is_set():
+                continue
+            log.error("jobs_worker_died", pid=p.pid, exitcode=p.returncode, restart_in_s=self.RESTART_S)
+            self._hand_back(p.pid, f"worker process {p.pid} died (exit code {p.returncode})")
+            if self._stop.wait(self.RESTART_S):
+                return
+            try:
                 self.restarts += 1
                 self._spawn()
+                self.last_error = None
+            except Exception as err:  # noqa: BLE001 - keep supervising; the next round tries again
+                self.last_error = one_line(err)
+                log.error("jobs_worker_spawn_failed", error=self.last_error)
+
+    def _hand_back(self, pid: int, reason: str) -> None:
+        """Queue again the jobs the dead worker held (it cannot finish them)."""
+        if self.store is None:
+            return
+        try:
+            ids = JobQueue(self.store).release_worker(worker_name(pid), reason)
+        except Exception as err:  # noqa: BLE001 - the heartbeat goes stale and recovery does it
+            log.error("jobs_hand_back_failed", pid=pid, error=one_line(err))
+            return
+        if ids:
+            log.warning("jobs_handed_back", pid=pid, jobs=ids, reason=reason)
 
     @property
     def alive(self) -> bool:
@@ -107,3 +132,4 @@ class EmbeddedWorker:
             log.error("jobs_worker_killed", pid=p.pid, after_s=timeout)
             p.kill()
             p.wait(5)
+            self._hand_back(p.pid, f"worker process {p.pid} killed at sink stop after {timeout:g} s")

@@ -5,11 +5,20 @@ several machines race for the same row), and it returns the attempt number it ma
 a progress record is accepted only from the claim that is current, so a worker that was given up
 for lost (its heartbeat went stale and the job was queued again) cannot overwrite the work of the
 one that took over.  Progress rows are the server-sent events of ``GET /jobs/{id}/events``.
+
+Every transaction that adds a job's event first locks the job's row (an UPDATE, or ``SELECT ...
+FOR UPDATE``): on PostgreSQL two transactions could otherwise take event ids 10 and 11 and commit
+11 first, and a client reading the stream at that moment would move past 10 for good.  With the
+lock, a job's events commit in the order of their ids.  Heartbeats and the staleness test use the
+database's clock on PostgreSQL, so workers on machines whose clocks disagree with the sink's are
+neither given up early nor kept late.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import DateTime, and_, func, insert, select, update
 
 from ..schema import job_events, jobs
 from ..store import Store, now_utc, one_line
@@ -69,6 +78,11 @@ def check_params(model: str, params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def worker_name(pid: int | None = None) -> str:
+    """How a worker names itself in the jobs it claims: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"[:64]
+
+
 class UnknownJob(LookupError):
     """No job with this id."""
 
@@ -109,6 +123,14 @@ def _job_out(r: Any) -> dict[str, Any]:
         "result": json.loads(r.result) if r.result else None,
         "error": r.error,
     }
+
+
+def _clock(engine: Any) -> Any:
+    """Now, in UTC without a zone as the columns hold it: the database's clock on PostgreSQL
+    (shared by every machine), this machine's with SQLite (which only one machine opens)."""
+    if engine.dialect.name == "postgresql":
+        return func.timezone("UTC", func.clock_timestamp(), type_=DateTime)
+    return now_utc()
 
 
 class JobQueue:
@@ -171,23 +193,43 @@ class JobQueue:
             return [_job_out(r) for r in conn.execute(q)]
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        """A queued job is cancelled at once; a running one at its worker's next heartbeat."""
+        """A queued job is cancelled at once; a running one at its worker's next heartbeat.  The
+        row is locked while it is decided, so a worker claiming the job at the same moment
+        either gets it (and then sees the cancel) or finds it cancelled."""
         now = now_utc()
         with self.engine.begin() as conn:
-            r = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
+            r = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id).with_for_update()).first()
             if r is None:
                 raise UnknownJob(job_id)
             if r.state == "queued":
-                conn.execute(
+                n = conn.execute(
                     update(jobs)
                     .where(and_(jobs.c.id == job_id, jobs.c.state == "queued"))
                     .values(state="cancelled", cancel_requested=True, finished_at=now)
-                )
-                self._event(conn, job_id, "state", {"state": "cancelled"}, now)
+                ).rowcount
+                if n:
+                    self._event(conn, job_id, "state", {"state": "cancelled"}, now)
             elif r.state == "running":
-                conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
-                self._event(conn, job_id, "log", {"message": "cancel requested"}, now)
+                n = conn.execute(
+                    update(jobs)
+                    .where(and_(jobs.c.id == job_id, jobs.c.state == "running"))
+                    .values(cancel_requested=True)
+                ).rowcount
+                if n:
+                    self._event(conn, job_id, "log", {"message": "cancel requested"}, now)
         return self.get(job_id)
+
+    def latest(self, job_id: str, kind: str) -> dict[str, Any] | None:
+        """The job's newest event of this kind (its progress now, its stage), however long it ran."""
+        q = (
+            select(job_events.c.data)
+            .where(and_(job_events.c.job_id == job_id, job_events.c.kind == kind))
+            .order_by(job_events.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            r = conn.execute(q).first()
+        return None if r is None else dict(json.loads(r.data))
 
     def events(self, job_id: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         q = (
@@ -236,7 +278,7 @@ class JobQueue:
                     attempts=jobs.c.attempts + 1,
                     worker=worker[:64],
                     started_at=now,
-                    heartbeat_at=now,
+                    heartbeat_at=_clock(self.engine),
                 )
                 .returning(jobs.c.id, jobs.c.attempts, jobs.c.model, jobs.c.params)
             ).first()
@@ -258,7 +300,7 @@ class JobQueue:
             r = conn.execute(
                 update(jobs)
                 .where(self._current(claim))
-                .values(heartbeat_at=now_utc())
+                .values(heartbeat_at=_clock(self.engine))
                 .returning(jobs.c.cancel_requested)
             ).first()
         if r is None:
@@ -267,7 +309,7 @@ class JobQueue:
 
     def progress(self, claim: Claim, kind: str, data: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
-            alive = conn.execute(select(jobs.c.id).where(self._current(claim))).first()
+            alive = conn.execute(select(jobs.c.id).where(self._current(claim)).with_for_update()).first()
             if alive is None:
                 raise LostClaim(f"job {claim.job_id}: attempt {claim.attempt} is no longer current")
             self._event(conn, claim.job_id, kind, data, now_utc())
@@ -297,30 +339,76 @@ class JobQueue:
         return bool(done)
 
     def release(self, claim: Claim, reason: str) -> None:
-        """Give the job back to the queue without counting the attempt (the worker is stopping)."""
+        """Give the job back to the queue without counting the attempt (the worker is stopping);
+        a job whose cancel was asked for meanwhile ends cancelled instead."""
         now = now_utc()
         with self.engine.begin() as conn:
-            done = conn.execute(
+            r = conn.execute(
+                select(jobs.c.cancel_requested).where(self._current(claim)).with_for_update()
+            ).first()
+            if r is None:
+                return
+            if r.cancel_requested:
+                conn.execute(
+                    update(jobs).where(self._current(claim)).values(state="cancelled", finished_at=now)
+                )
+                self._event(conn, claim.job_id, "state", {"state": "cancelled"}, now)
+                return
+            conn.execute(
                 update(jobs)
                 .where(self._current(claim))
                 .values(state="queued", attempts=jobs.c.attempts - 1, worker=None, heartbeat_at=None)
-            ).rowcount
-            if done:
-                self._event(conn, claim.job_id, "state", {"state": "queued", "reason": reason}, now)
-        if done:
-            self._dispatch(claim.job_id)
+            )
+            self._event(conn, claim.job_id, "state", {"state": "queued", "reason": reason}, now)
+        self._dispatch(claim.job_id)
+
+    def release_worker(self, worker: str, reason: str) -> list[str]:
+        """Hand back every job a worker that is known to be gone still holds (the sink killed
+        its embedded worker at stop): queued again at once, without waiting for its heartbeat
+        to go stale, and without counting the attempt."""
+        with self.engine.connect() as conn:
+            held = conn.execute(
+                select(jobs.c.id, jobs.c.attempts, jobs.c.model, jobs.c.params).where(
+                    and_(jobs.c.state == "running", jobs.c.worker == worker[:64])
+                )
+            ).all()
+        for r in held:
+            self.release(Claim(r.id, r.attempts, worker, r.model, json.loads(r.params)), reason)
+        return [r.id for r in held]
+
+    def redispatch_queued(self, older_than_s: float) -> list[str]:
+        """Defer again the jobs queued for longer than ``older_than_s``: a job whose defer failed
+        (procrastinate's database blipped at submit) would otherwise wait for ever.  The engine
+        refuses a second copy of a job it still holds (dispatch.py's queueing lock)."""
+        if self.dispatch is None:
+            return []
+        limit = now_utc() - timedelta(seconds=older_than_s)
+        with self.engine.connect() as conn:
+            ids = [
+                r.id
+                for r in conn.execute(
+                    select(jobs.c.id)
+                    .where(and_(jobs.c.state == "queued", jobs.c.created_at < limit))
+                    .order_by(jobs.c.created_at)
+                    .limit(100)
+                )
+            ]
+        for job_id in ids:
+            self._dispatch(job_id)
+        return ids
 
     def recover_stale(self, stale_after_s: float, max_attempts: int) -> list[str]:
         """Running jobs whose worker has not been heard of in ``stale_after_s``: queued again while
         they have attempts left, else failed.  Returns the ids it touched."""
         now = now_utc()
-        limit = now - timedelta(seconds=stale_after_s)
+        stale = jobs.c.heartbeat_at < _clock(self.engine) - timedelta(seconds=stale_after_s)
         touched, again = [], []
         with self.engine.begin() as conn:
             rows = conn.execute(
-                select(jobs.c.id, jobs.c.attempts, jobs.c.worker, jobs.c.cancel_requested).where(
-                    and_(jobs.c.state == "running", jobs.c.heartbeat_at < limit)
-                )
+                select(jobs.c.id, jobs.c.attempts, jobs.c.worker, jobs.c.cancel_requested)
+                .where(and_(jobs.c.state == "running", stale))
+                .order_by(jobs.c.created_at)
+                .with_for_update(skip_locked=True)
             ).all()
             for r in rows:
                 why = f"worker {r.worker} lost: no heartbeat for {stale_after_s:g} s (attempt {r.attempts})"
@@ -335,7 +423,14 @@ class JobQueue:
                     values.update(finished_at=now, error=why)
                 n = conn.execute(
                     update(jobs)
-                    .where(and_(jobs.c.id == r.id, jobs.c.attempts == r.attempts, jobs.c.state == "running"))
+                    .where(
+                        and_(
+                            jobs.c.id == r.id,
+                            jobs.c.attempts == r.attempts,
+                            jobs.c.state == "running",
+                            stale,  # a heartbeat that landed since the select keeps the job
+                        )
+                    )
                     .values(**values)
                 ).rowcount
                 if n:
