@@ -182,7 +182,7 @@ def test_a_worker_stopping_after_a_cancel_ends_the_job_cancelled_not_queued(queu
     assert got["state"] == "cancelled" and got["finished_at"] and queue.claim("w2") is None
 
 
-def test_the_jobs_of_a_worker_known_dead_are_handed_back_at_once(queue: JobQueue) -> None:
+def test_the_jobs_of_a_worker_known_dead_are_given_up_at_once(queue: JobQueue) -> None:
     from cloud_sink.jobs.queue import worker_name
 
     job = queue.submit("retrain", "temporal", {}, "test")
@@ -190,12 +190,15 @@ def test_the_jobs_of_a_worker_known_dead_are_handed_back_at_once(queue: JobQueue
     dead = worker_name(999_999)
     assert queue.claim(dead) is not None and queue.claim("alive:1") is not None
     assert queue.recover_stale(60, max_attempts=2) == []  # both heartbeats are fresh
-    assert queue.release_worker(dead, "killed at sink stop") == [job["id"]]
+    assert queue.lost_worker(dead, "its process died", max_attempts=2) == [job["id"]]
     got = queue.get(job["id"])
-    assert got["state"] == "queued" and got["attempts"] == 0 and got["worker"] is None
+    assert got["state"] == "queued" and got["attempts"] == 1 and got["worker"] is None
     assert queue.get(other["id"])["state"] == "running"  # another worker's job is left alone
-    again = queue.claim("w2")
-    assert again is not None and again.job_id == job["id"] and again.attempt == 1
+    again = queue.claim(dead)  # a job that kills its worker every time ends failed
+    assert again is not None and again.job_id == job["id"] and again.attempt == 2
+    assert queue.lost_worker(dead, "its process died", max_attempts=2) == [job["id"]]
+    got = queue.get(job["id"])
+    assert got["state"] == "failed" and got["error"] == f"worker {dead} lost: its process died (attempt 2)"
 
 
 def test_two_workers_racing_never_take_the_same_job(queue: JobQueue) -> None:

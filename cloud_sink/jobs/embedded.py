@@ -1,9 +1,9 @@
 """The worker the sink starts beside itself (``jobs.worker``, the default), so a sink needs
 nothing else started to retrain: ``python -m trainer`` as a child process, given the sink's own
 configuration on its stdin (secrets included, never on a command line), and restarted if it
-dies: a crash in training never takes ingest down with it, nor leaves jobs unrun.  A worker
-that died, or had to be killed at stop, has its job handed back to the queue at once (it cannot
-have finished it), instead of waiting for its heartbeat to go stale.
+dies: a crash in training never takes ingest down with it, nor leaves jobs unrun.  The job of a
+worker that died, or had to be killed at stop, is given up at once (queued again while it has
+attempts left), instead of when its heartbeat goes stale.
 
 The sink imports nothing of the trainer (it may be installed without torch): where the training
 packages are missing, it says so once and runs without a worker.
@@ -88,7 +88,7 @@ class EmbeddedWorker:
             if p is None or p.poll() is None or self._stop.is_set():
                 continue
             log.error("jobs_worker_died", pid=p.pid, exitcode=p.returncode, restart_in_s=self.RESTART_S)
-            self._hand_back(p.pid, f"worker process {p.pid} died (exit code {p.returncode})")
+            self._hand_back(p.pid, f"its process {p.pid} died (exit code {p.returncode})")
             if self._stop.wait(self.RESTART_S):
                 return
             try:
@@ -100,11 +100,11 @@ class EmbeddedWorker:
                 log.error("jobs_worker_spawn_failed", error=self.last_error)
 
     def _hand_back(self, pid: int, reason: str) -> None:
-        """Queue again the jobs the dead worker held (it cannot finish them)."""
+        """Give up the jobs the dead worker held (it cannot finish them)."""
         if self.store is None:
             return
         try:
-            ids = JobQueue(self.store).release_worker(worker_name(pid), reason)
+            ids = JobQueue(self.store).lost_worker(worker_name(pid), reason, self.cfg.jobs.max_attempts)
         except Exception as err:  # noqa: BLE001 - the heartbeat goes stale and recovery does it
             log.error("jobs_hand_back_failed", pid=pid, error=one_line(err))
             return
@@ -132,4 +132,4 @@ class EmbeddedWorker:
             log.error("jobs_worker_killed", pid=p.pid, after_s=timeout)
             p.kill()
             p.wait(5)
-            self._hand_back(p.pid, f"worker process {p.pid} killed at sink stop after {timeout:g} s")
+            self._hand_back(p.pid, f"its process {p.pid} was killed at sink stop after {timeout:g} s")

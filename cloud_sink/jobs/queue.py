@@ -362,20 +362,6 @@ class JobQueue:
             self._event(conn, claim.job_id, "state", {"state": "queued", "reason": reason}, now)
         self._dispatch(claim.job_id)
 
-    def release_worker(self, worker: str, reason: str) -> list[str]:
-        """Hand back every job a worker that is known to be gone still holds (the sink killed
-        its embedded worker at stop): queued again at once, without waiting for its heartbeat
-        to go stale, and without counting the attempt."""
-        with self.engine.connect() as conn:
-            held = conn.execute(
-                select(jobs.c.id, jobs.c.attempts, jobs.c.model, jobs.c.params).where(
-                    and_(jobs.c.state == "running", jobs.c.worker == worker[:64])
-                )
-            ).all()
-        for r in held:
-            self.release(Claim(r.id, r.attempts, worker, r.model, json.loads(r.params)), reason)
-        return [r.id for r in held]
-
     def redispatch_queued(self, older_than_s: float) -> list[str]:
         """Defer again the jobs queued for longer than ``older_than_s``: a job whose defer failed
         (procrastinate's database blipped at submit) would otherwise wait for ever.  The engine
@@ -400,18 +386,28 @@ class JobQueue:
     def recover_stale(self, stale_after_s: float, max_attempts: int) -> list[str]:
         """Running jobs whose worker has not been heard of in ``stale_after_s``: queued again while
         they have attempts left, else failed.  Returns the ids it touched."""
-        now = now_utc()
         stale = jobs.c.heartbeat_at < _clock(self.engine) - timedelta(seconds=stale_after_s)
+        # The staleness is tested again in the UPDATE: a heartbeat that landed since keeps the job.
+        return self._give_up(stale, f"no heartbeat for {stale_after_s:g} s", max_attempts)
+
+    def lost_worker(self, worker: str, reason: str, max_attempts: int) -> list[str]:
+        """The jobs of a worker known to be gone (the sink saw its embedded worker die, or had
+        to kill it at stop), given up at once instead of when their heartbeat goes stale; the
+        attempt counts, so a job that kills its worker every time ends failed."""
+        return self._give_up(jobs.c.worker == worker[:64], reason, max_attempts)
+
+    def _give_up(self, condition: Any, reason: str, max_attempts: int) -> list[str]:
+        now = now_utc()
         touched, again = [], []
         with self.engine.begin() as conn:
             rows = conn.execute(
                 select(jobs.c.id, jobs.c.attempts, jobs.c.worker, jobs.c.cancel_requested)
-                .where(and_(jobs.c.state == "running", stale))
+                .where(and_(jobs.c.state == "running", condition))
                 .order_by(jobs.c.created_at)
                 .with_for_update(skip_locked=True)
             ).all()
             for r in rows:
-                why = f"worker {r.worker} lost: no heartbeat for {stale_after_s:g} s (attempt {r.attempts})"
+                why = f"worker {r.worker} lost: {reason} (attempt {r.attempts})"
                 if r.cancel_requested:
                     state: State = "cancelled"
                 elif r.attempts < max_attempts:
@@ -428,7 +424,7 @@ class JobQueue:
                             jobs.c.id == r.id,
                             jobs.c.attempts == r.attempts,
                             jobs.c.state == "running",
-                            stale,  # a heartbeat that landed since the select keeps the job
+                            condition,
                         )
                     )
                     .values(**values)

@@ -152,7 +152,15 @@ async function fillModels() {
   return rows;
 }
 
-async function refresh() {
+// One refresh at a time: a slow answer (MLflow behind /models) must not pile up requests,
+// which would also spend the token's rate limit.
+let refreshing = null;
+function refresh() {
+  if (!refreshing) refreshing = refreshOnce().finally(() => { refreshing = null; });
+  return refreshing;
+}
+
+async function refreshOnce() {
   const err = document.getElementById("error");
   try {
     const hours = new URLSearchParams(location.search).get("hours") || 24;
@@ -182,4 +190,6 @@ document.getElementById("login").addEventListener("submit", ev => {
 });
 document.getElementById("device").addEventListener("change", refresh);
 if (token()) refresh(); else document.getElementById("login").hidden = false;
-setInterval(() => { if (token()) refresh(); }, REFRESH_MS);
+(function tick() {
+  setTimeout(() => { (token() ? refresh() : Promise.resolve()).finally(tick); }, REFRESH_MS);
+})();
