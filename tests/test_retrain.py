@@ -261,22 +261,25 @@ def test_an_eye_state_job_trains_on_the_vehicles_eye_crops(loop: dict[str, Any])
     assert mv.tags["gate"] == ("passed" if result["challenger"] else "refused")
 
 
-def _read_sse(response: Any, limit: int | None = None) -> list[dict[str, Any]]:
-    """Parse server-sent events from a streaming response (stop after ``limit``)."""
+def _read_sse(
+    url: str, limit: int | None = None, last_event_id: int | None = None, timeout: float = 300
+) -> list[dict[str, Any]]:
+    """The job's server-sent events as an EventSource client reads them (keep-alive comments
+    skipped), stopping after ``limit``."""
+    from httpx_sse import connect_sse
+
+    headers = dict(AUTH) if last_event_id is None else {**AUTH, "Last-Event-ID": str(last_event_id)}
     out: list[dict[str, Any]] = []
-    block: dict[str, str] = {}
-    for line in response.iter_lines():
-        if line == "":
-            if block:
-                out.append(
-                    {"id": int(block["id"]), "event": block["event"], "data": json.loads(block["data"])}
-                )
-                block = {}
-                if limit is not None and len(out) >= limit:
-                    return out
-            continue
-        key, _, value = line.partition(":")
-        block[key] = value.removeprefix(" ")
+    with httpx.Client(timeout=timeout) as client, connect_sse(client, "GET", url, headers=headers) as source:
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        for sse in source.iter_sse():
+            if not sse.data:
+                # A keep-alive ": ping" block: httpx-sse hands it on with the last id, where
+                # the spec (and a browser's EventSource) dispatches nothing with no data.
+                continue
+            out.append({"id": int(sse.id), "event": sse.event, "data": sse.json()})
+            if limit is not None and len(out) >= limit:
+                break
     return out
 
 
@@ -285,12 +288,9 @@ def test_the_progress_stream_resumes_with_last_event_id_without_gap_or_duplicate
 ) -> None:
     job = post_job(loop, steps=60)
     url = f"{loop['base']}/jobs/{job['id']}/events"
-    with httpx.stream("GET", url, headers=AUTH, timeout=60) as r:
-        assert r.headers["content-type"].startswith("text/event-stream")
-        first = _read_sse(r, limit=4)
+    first = _read_sse(url, limit=4, timeout=60)
     assert [e["event"] for e in first[:2]] == ["state", "state"]  # queued, then running
-    with httpx.stream("GET", url, headers={**AUTH, "Last-Event-ID": str(first[-1]["id"])}, timeout=300) as r:
-        rest = _read_sse(r)
+    rest = _read_sse(url, last_event_id=first[-1]["id"])
     got = [e["id"] for e in first + rest]
     assert got == sorted(set(got)), "no duplicate, in order"
     from cloud_sink.jobs.queue import JobQueue
@@ -315,8 +315,10 @@ def test_a_cancel_takes_effect_within_seconds(loop: dict[str, Any]) -> None:
 
 
 def _events(loop: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
-    with httpx.stream("GET", f"{loop['base']}/jobs/{job_id}/events", headers=AUTH, timeout=60) as r:
-        return [{"kind": e["event"], **e["data"]} for e in _read_sse(r)]
+    return [
+        {"kind": e["event"], **e["data"]}
+        for e in _read_sse(f"{loop['base']}/jobs/{job_id}/events", timeout=60)
+    ]
 
 
 def test_the_dashboard_shows_jobs_with_their_progress_and_the_models_gate(loop: dict[str, Any]) -> None:
